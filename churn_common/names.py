@@ -1,0 +1,18 @@
+"""Names that training, serving and the feature repo must agree on. Changing one is a contract change."""
+
+ENTITY_NAME = "user"
+JOIN_KEY = "user_id"
+
+# The FeatureService is the only contract between training and serving. Bump the suffix (and add a new service
+# beside the old one) when the feature set changes, so old model versions keep resolving their own features.
+FEATURE_SERVICE = "churn_model_v1"
+
+SNAPSHOT_TABLE = "user_daily_snapshots"
+TIMESTAMP_FIELD = "event_timestamp"
+CREATED_TIMESTAMP_FIELD = "created"
+
+REGISTERED_MODEL = "churn"
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
+# Tag on a registered model version naming the FeatureService it was trained on; serving reads it back.
+FEATURE_SERVICE_TAG = "feature_service"

@@ -1,0 +1,140 @@
+"""The feature-store handle every stage uses, built from the feature repo's profile YAML plus Settings.
+
+Plain ``feast`` commands read the same YAML files from ``feature_repo/``; this module only points the
+per-deployment parts (project, registry and online-store locations, Redis connection) at Settings, so tests and
+jobs can run against their own project and data directory without editing the repo.
+"""
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from feast import FeatureService, FeatureStore
+from feast.errors import FeatureServiceNotFoundException
+from feast.repo_config import RepoConfig
+from feast.repo_contents import RepoContents
+from feast.repo_operations import apply_total_with_repo_instance, parse_repo
+
+from churn_common.errors import ConfigurationError, FeatureServiceNotFound
+from churn_common.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PROFILE_FILES = {
+    "embedded": "feature_store.yaml",
+    "redis": "feature_store.redis.yaml",
+    "production": "feature_store.production.yaml",
+}
+DEFINITION_MODULES = ("entities", "data_sources", "feature_views", "feature_services")
+_ENV_REFERENCE = re.compile(r"\$\{(\w+)\}")
+
+
+def profile_yaml(settings: Settings) -> Path:
+    return settings.feature_repo / PROFILE_FILES[settings.feast_profile]
+
+
+def _expansion_values(settings: Settings) -> dict[str, str]:
+    """What ``${VAR}`` in the YAML may name: the environment, plus values Settings already knows."""
+    values = dict(os.environ)
+    values["CHURN_REDIS_CONNECTION_STRING"] = settings.redis_connection_string
+    if settings.registry_url:
+        values["CHURN_REGISTRY_URL"] = settings.registry_url
+    return values
+
+
+def _expand(text: str, values: Mapping[str, str], source: Path) -> str:
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise ConfigurationError(f"{source.name} needs ${{{name}}}, which is not set")
+        return values[name]
+
+    return _ENV_REFERENCE.sub(substitute, text)
+
+
+def _apply_overrides(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    raw["project"] = settings.feast_project
+    raw.setdefault("materialization", {})["online_write_batch_size"] = settings.online_write_batch_size
+    registry = raw["registry"]
+    if registry.get("registry_type", "file") == "file":
+        registry["path"] = str(settings.paths.feast / "registry.db")
+    if raw["online_store"].get("type") == "sqlite":
+        raw["online_store"]["path"] = str(settings.paths.feast / "online.db")
+    return raw
+
+
+def repo_config(settings: Settings) -> RepoConfig:
+    source = profile_yaml(settings)
+    try:
+        text = source.read_text()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read Feast profile {source}: {exc}") from exc
+    raw = _apply_overrides(yaml.safe_load(_expand(text, _expansion_values(settings), source)), settings)
+    config = RepoConfig(**raw)
+    config.repo_path = settings.feature_repo
+    return config
+
+
+def feature_store(settings: Settings) -> FeatureStore:
+    config = repo_config(settings)
+    if config.registry.registry_type == "file":
+        settings.paths.feast.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(repo_path=str(settings.feature_repo), config=config)
+
+
+def get_feature_service(store: FeatureStore, name: str) -> FeatureService:
+    try:
+        return store.get_feature_service(name)
+    except FeatureServiceNotFoundException as exc:
+        raise FeatureServiceNotFound(
+            f"FeatureService {name!r} is not in the registry of project {store.project!r}; run `churn features apply`"
+        ) from exc
+
+
+@contextmanager
+def _definitions_importable(settings: Settings) -> Iterator[None]:
+    """Let Feast import the repo's modules the way ``feast apply`` does, against ``settings.data_dir``.
+
+    Feast names modules by their path relative to the working directory, and data_sources.py reads the data
+    directory from the environment, so both are pointed at this run and restored afterwards.
+    """
+    saved_cwd, saved_env = os.getcwd(), os.environ.get("CHURN_DATA_DIR")
+    os.environ["CHURN_DATA_DIR"] = str(settings.paths.root)
+    sys.path.insert(0, str(settings.feature_repo))
+    for module in DEFINITION_MODULES:
+        sys.modules.pop(module, None)  # a previous run may have imported them against another data dir
+    os.chdir(settings.feature_repo)
+    try:
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        sys.path.remove(str(settings.feature_repo))
+        if saved_env is None:
+            os.environ.pop("CHURN_DATA_DIR", None)
+        else:
+            os.environ["CHURN_DATA_DIR"] = saved_env
+
+
+def load_definitions(settings: Settings) -> RepoContents:
+    with _definitions_importable(settings):
+        return parse_repo(settings.feature_repo)
+
+
+def apply_repo(settings: Settings) -> FeatureStore:
+    """``feast apply`` for this project: registers, updates and deletes objects to match the repo."""
+    store = feature_store(settings)
+    contents = load_definitions(settings)
+    apply_total_with_repo_instance(store, store.project, store.registry, contents, skip_source_validation=False)
+    logger.info(
+        "applied %d feature views and %d feature services to project %s",
+        len(contents.feature_views),
+        len(contents.feature_services),
+        store.project,
+    )
+    return store

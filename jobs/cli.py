@@ -1,0 +1,34 @@
+"""The ``churn`` command. Each stage's commands live in their own module and are mounted here."""
+
+from typing import Annotated
+
+import typer
+
+from churn_common.errors import ChurnError
+from churn_common.logging import configure_logging
+from churn_common.settings import Settings
+from jobs import data_commands, feast_commands, feature_commands, model_commands, serve_commands
+
+app = typer.Typer(help="Churn prediction platform on Feast.", no_args_is_help=True, add_completion=False)
+app.add_typer(data_commands.app, name="data", help="Generate and validate raw events.")
+app.add_typer(feature_commands.app, name="features", help="Build feature snapshots; apply the Feast repo.")
+app.add_typer(model_commands.model_app, name="model", help="Promote or roll back the served model.")
+feast_commands.register(features_app=feature_commands.app, root=app)
+model_commands.register_top_level(app)
+serve_commands.register_top_level(app)
+
+
+@app.callback()
+def configure(
+    log_level: Annotated[str, typer.Option(help="Logging level for this run.")] = "",
+) -> None:
+    configure_logging(log_level or Settings().log_level)
+
+
+def main() -> None:
+    """Console entry point: our own errors end the run with their message and exit code 1, no traceback."""
+    try:
+        app()
+    except ChurnError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise SystemExit(1) from exc

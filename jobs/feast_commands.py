@@ -1,0 +1,52 @@
+"""``churn features apply|plan`` and ``churn materialize``: the Feast side of the feature pipeline."""
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from churn_common.settings import Settings
+from churn_common.store import apply_repo, load_definitions
+from jobs.materialize import export_metrics, materialize
+
+
+def apply_command() -> None:
+    """Register the feature repo's entities, sources, views and services (like `feast apply`)."""
+    settings = Settings()
+    store = apply_repo(settings)
+    typer.echo(f"applied feature repo {settings.feature_repo} to project {store.project}")
+
+
+def plan_command() -> None:
+    """List what the feature repo defines, without changing the registry."""
+    contents = load_definitions(Settings())
+    for kind in ("entities", "data_sources", "feature_views", "feature_services"):
+        typer.echo(f"{kind}: {', '.join(sorted(o.name for o in getattr(contents, kind)))}")
+
+
+def materialize_command(
+    end: Annotated[datetime | None, typer.Option(help="Load snapshots up to this instant (UTC). Default: now.")] = None,
+    seed_start: Annotated[
+        datetime | None,
+        typer.Option(help="First run only: start of the seeding window. Default: the oldest snapshot."),
+    ] = None,
+) -> None:
+    """Load the newest feature snapshots into the online store; seeds the first run, then runs incrementally."""
+    settings = Settings()
+    report = materialize(settings, end=_utc(end), seed_start=_utc(seed_start))
+    export_metrics(report, settings.paths.metrics / "materialize.prom", settings.pushgateway_url)
+    typer.echo(json.dumps(report.as_dict(), indent=2))
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def register(features_app: typer.Typer, root: typer.Typer) -> None:
+    """Mount ``apply``/``plan`` under ``churn features`` and ``materialize`` at the top level."""
+    features_app.command("apply")(apply_command)
+    features_app.command("plan")(plan_command)
+    root.command("materialize")(materialize_command)

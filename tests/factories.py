@@ -1,0 +1,43 @@
+"""Factories for the frames the stages exchange, in their validated (typed) form."""
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+UTC_US = "datetime64[us, UTC]"
+
+
+def utc(*args: int) -> pd.Timestamp:
+    return pd.Timestamp(datetime(*args, tzinfo=UTC)).as_unit("us")
+
+
+def make_users(
+    n: int = 3,
+    *,
+    signup: datetime | pd.Timestamp = utc(2026, 1, 1),
+    first_id: int = 1,
+    closed_at: list[pd.Timestamp | None] | None = None,
+    plan: str = "free",
+) -> pd.DataFrame:
+    users = pd.DataFrame(
+        {
+            "user_id": np.arange(first_id, first_id + n, dtype="int64"),
+            "signup_at": pd.Series([pd.Timestamp(signup)] * n).astype(UTC_US),
+            "country": "DE",
+            "plan": plan,
+            "acquisition_channel": "organic",
+            "closed_at": pd.Series(closed_at or [None] * n, dtype=UTC_US),
+        }
+    )
+    return users
+
+
+def make_events(rows: list[tuple[int, pd.Timestamp, str, float | None]], *, ingest_delay_s: int = 60):
+    """Events from ``(user_id, event_timestamp, event_type, value)`` tuples."""
+    frame = pd.DataFrame(rows, columns=["user_id", "event_timestamp", "event_type", "value"])
+    frame["user_id"] = frame["user_id"].astype("int64")
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True).astype(UTC_US)
+    frame["value"] = frame["value"].astype("float64")
+    frame["ingested_at"] = frame["event_timestamp"] + timedelta(seconds=ingest_delay_s)
+    return frame

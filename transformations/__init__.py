@@ -1,0 +1,1 @@
+"""Upstream data stages: synthetic events, the validation gate and the rolling feature snapshots."""
