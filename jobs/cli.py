@@ -32,3 +32,7 @@ def main() -> None:
     except ChurnError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise SystemExit(1) from exc
+
+
+if __name__ == "__main__":
+    main()
