@@ -15,7 +15,7 @@ def utc(*args: int) -> pd.Timestamp:
 def make_users(
     n: int = 3,
     *,
-    signup: datetime | pd.Timestamp = utc(2026, 1, 1),
+    signup: datetime | pd.Timestamp | None = None,
     first_id: int = 1,
     closed_at: list[pd.Timestamp | None] | None = None,
     plan: str = "free",
@@ -23,7 +23,7 @@ def make_users(
     users = pd.DataFrame(
         {
             "user_id": np.arange(first_id, first_id + n, dtype="int64"),
-            "signup_at": pd.Series([pd.Timestamp(signup)] * n).astype(UTC_US),
+            "signup_at": pd.Series([pd.Timestamp(signup or utc(2026, 1, 1))] * n).astype(UTC_US),
             "country": "DE",
             "plan": plan,
             "acquisition_channel": "organic",
@@ -41,3 +41,10 @@ def make_events(rows: list[tuple[int, pd.Timestamp, str, float | None]], *, inge
     frame["value"] = frame["value"].astype("float64")
     frame["ingested_at"] = frame["event_timestamp"] + timedelta(seconds=ingest_delay_s)
     return frame
+
+
+def write_raw(paths, users: pd.DataFrame, events: pd.DataFrame) -> None:
+    """Write hand-built raw users and events (typed or string columns) where the validation gate reads them."""
+    paths.raw_events.mkdir(parents=True, exist_ok=True)
+    users.to_parquet(paths.raw_users, index=False)
+    events.to_parquet(paths.raw_events / "part-00000.parquet", index=False)

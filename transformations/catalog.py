@@ -1,6 +1,6 @@
 """The event catalogue: which event types exist, which carry a value, which count as activity, and which
 features each one feeds. The feature build is driven by it, so a team with its own event log declares its own
-catalogue instead of changing SQL (see README, "Bring your own events").
+catalogue instead of changing SQL (see docs/bring_your_own_events.md).
 """
 
 from dataclasses import dataclass, field

@@ -1,0 +1,131 @@
+"""``churn data ...``: synthetic data generation and the validation gate."""
+
+import importlib
+import logging
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from churn_common.errors import ChurnError, ConfigurationError, DataError
+from churn_common.settings import Settings
+from transformations.catalog import DEFAULT_CATALOG, EventCatalog
+from transformations.synthetic import DRIFT_CHANNEL, DRIFT_WATCH_FACTOR, GeneratorConfig, generate
+from transformations.validation import validate
+
+logger = logging.getLogger(__name__)
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _fail(exc: ChurnError) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(code=1)
+
+
+def _parse_date(text: str | None, option: str) -> date | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r} is not a YYYY-MM-DD date", param_hint=option) from exc
+
+
+@app.command("generate")
+def generate_command(
+    users: Annotated[int | None, typer.Option(help="Number of users (default: settings n_users).")] = None,
+    days: Annotated[int | None, typer.Option(help="Days of events from --start (default: settings).")] = None,
+    start: Annotated[str | None, typer.Option(help="First day of events, YYYY-MM-DD (default: settings).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed; the same seed gives identical files.")] = None,
+    late_events: Annotated[
+        float, typer.Option(help="Share of events ingested 1-5 days after they happened, e.g. 0.05.")
+    ] = 0.0,
+    drift: Annotated[
+        str | None,
+        typer.Option(
+            help=f"YYYY-MM-DD from which behaviour drifts: minutes per video_watch x{DRIFT_WATCH_FACTOR} "
+            f"and a new acquisition channel {DRIFT_CHANNEL!r} for signups from that day."
+        ),
+    ] = None,
+    dirty: Annotated[
+        bool, typer.Option(help="Inject every bad-row class in known counts (raw/dirty_manifest.json).")
+    ] = False,
+) -> None:
+    """Generate synthetic raw users, events and hidden ground truth under the data directory."""
+    settings = Settings()
+    try:
+        config = GeneratorConfig(
+            n_users=users if users is not None else settings.n_users,
+            start=_parse_date(start, "--start") or settings.start_date,
+            n_days=days if days is not None else settings.n_days,
+            seed=seed if seed is not None else settings.seed,
+            late_share=late_events,
+            drift_date=_parse_date(drift, "--drift"),
+            dirty=dirty,
+        )
+        began = time.perf_counter()
+        summary = generate(settings.paths, config)
+    except ConfigurationError as exc:
+        raise _fail(exc) from exc
+    typer.echo(
+        f"generated {summary.n_users} users ({summary.n_churners} churn in the period), {summary.n_events} events "
+        f"over {summary.n_partitions} dates in {time.perf_counter() - began:.1f}s -> {settings.paths.raw}"
+    )
+
+
+def load_catalog(spec: str) -> EventCatalog:
+    """``package.module:NAME`` -> the EventCatalog object it names."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        catalog = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise typer.BadParameter(f"cannot load {spec!r}: {exc}", param_hint="--catalog") from exc
+    if not isinstance(catalog, EventCatalog):
+        raise typer.BadParameter(f"{spec!r} is a {type(catalog).__name__}, not an EventCatalog", param_hint="--catalog")
+    return catalog
+
+
+def _parse_now(text: str | None) -> pd.Timestamp:
+    if text is None:
+        return pd.Timestamp(datetime.now(UTC))
+    try:
+        return pd.Timestamp(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r} is not an ISO-8601 instant", param_hint="--now") from exc
+
+
+@app.command("validate")
+def validate_command(
+    now: Annotated[
+        str | None, typer.Option(help="Events after this instant are 'future' (ISO-8601, UTC; default: now).")
+    ] = None,
+    max_quarantine_share: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Fail above this share of bad rows (default: settings)."),
+    ] = None,
+    catalog: Annotated[
+        str | None, typer.Option(help="Event catalogue as module:NAME (default: the e-learning catalogue).")
+    ] = None,
+    events: Annotated[Path | None, typer.Option(help="Raw events: a Parquet file or directory.")] = None,
+    users: Annotated[Path | None, typer.Option(help="Raw users Parquet file.")] = None,
+) -> None:
+    """Validate raw users and events; quarantine bad rows; publish the validated tables if within threshold."""
+    settings = Settings()
+    try:
+        report = validate(
+            settings.paths,
+            now=_parse_now(now),
+            max_quarantine_share=(
+                settings.max_quarantine_share if max_quarantine_share is None else max_quarantine_share
+            ),
+            catalog=load_catalog(catalog) if catalog else DEFAULT_CATALOG,
+            users_source=users,
+            events_source=events,
+        )
+    except DataError as exc:
+        raise _fail(exc) from exc
+    typer.echo(report.summary())
