@@ -7,12 +7,15 @@ from typing import Annotated
 import typer
 
 from churn_common.settings import Settings
-from churn_common.store import apply_repo, load_definitions
-from jobs.materialize import export_metrics, materialize
+
+# Stage modules (Feast, DuckDB) are imported inside the commands: `churn --help` and unrelated commands
+# should not pay for loading Feast.
 
 
 def apply_command() -> None:
     """Register the feature repo's entities, sources, views and services (like `feast apply`)."""
+    from churn_common.store import apply_repo
+
     settings = Settings()
     store = apply_repo(settings)
     typer.echo(f"applied feature repo {settings.feature_repo} to project {store.project}")
@@ -20,6 +23,8 @@ def apply_command() -> None:
 
 def plan_command() -> None:
     """List what the feature repo defines, without changing the registry."""
+    from churn_common.store import load_definitions
+
     contents = load_definitions(Settings())
     for kind in ("entities", "data_sources", "feature_views", "feature_services"):
         typer.echo(f"{kind}: {', '.join(sorted(o.name for o in getattr(contents, kind)))}")
@@ -33,6 +38,8 @@ def materialize_command(
     ] = None,
 ) -> None:
     """Load the newest feature snapshots into the online store; seeds the first run, then runs incrementally."""
+    from jobs.materialize import export_metrics, materialize
+
     settings = Settings()
     report = materialize(settings, end=_utc(end), seed_start=_utc(seed_start))
     export_metrics(report, settings.paths.metrics / "materialize.prom", settings.pushgateway_url)
