@@ -48,3 +48,19 @@ def write_raw(paths, users: pd.DataFrame, events: pd.DataFrame) -> None:
     paths.raw_events.mkdir(parents=True, exist_ok=True)
     users.to_parquet(paths.raw_users, index=False)
     events.to_parquet(paths.raw_events / "part-00000.parquet", index=False)
+
+
+def write_validated(paths, users: pd.DataFrame | None, events: pd.DataFrame, *, part: str = "part-0") -> None:
+    """Write validated users (when given) and events as the gate does: ``events/date=YYYY-MM-DD/<part>.parquet``
+    per UTC day of ``event_timestamp``, microsecond UTC timestamps."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if users is not None:
+        paths.users.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pandas(users, preserve_index=False), paths.users)
+    for day, rows in events.groupby(events["event_timestamp"].dt.strftime("%Y-%m-%d")):
+        partition = paths.events / f"date={day}"
+        partition.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
+        pq.write_table(table, partition / f"{part}.parquet")

@@ -1,0 +1,36 @@
+"""``churn features build``: the rolling feature snapshots."""
+
+from datetime import date, datetime
+from typing import Annotated
+
+import typer
+
+from churn_common.settings import Settings
+from transformations.features import build_features
+
+app = typer.Typer(no_args_is_help=True)
+
+_DAY = ["%Y-%m-%d"]
+
+
+def _day(value: datetime | None) -> date | None:
+    return value.date() if value is not None else None
+
+
+@app.command("build")
+def build(
+    start: Annotated[
+        datetime | None,
+        typer.Option(formats=_DAY, help="First day to rebuild (late_data_days before it are rebuilt too)."),
+    ] = None,
+    end: Annotated[
+        datetime | None, typer.Option(formats=_DAY, help="Last day to rebuild (default: last event day).")
+    ] = None,
+) -> None:
+    """Build the daily per-user snapshots of rolling-window features (all days with events by default)."""
+    summary = build_features(Settings(), _day(start), _day(end))
+    typer.echo(f"rebuilt days {summary.first_day} .. {summary.last_day}")
+    typer.echo(f"snapshots: {summary.snapshots}")
+    typer.echo(f"  {summary.rows:,} rows, {summary.users:,} users, {summary.columns} columns")
+    typer.echo(f"  days {summary.data_first_day} .. {summary.data_last_day}")
+    typer.echo(f"user_daily: {summary.user_daily}")

@@ -1,0 +1,361 @@
+"""The rolling feature snapshots: hand-computed values, an independent pandas re-computation, no look-ahead,
+idempotence, late data, a bring-your-own catalogue and the snapshot schema."""
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from churn_common.errors import SchemaError
+from churn_common.settings import Settings
+from jobs import feature_commands
+from tests.factories import make_events, make_users, utc, write_validated
+from transformations.catalog import DEFAULT_CATALOG, EventCatalog, EventType, Ratio
+from transformations.features import build_features
+from transformations.snapshot_schema import snapshot_columns, snapshot_schema, to_frame, validate_snapshots
+
+TS = pa.timestamp("us", tz="UTC")
+
+
+def read_snapshots(settings: Settings) -> pd.DataFrame:
+    files = sorted(settings.paths.snapshots.glob("*/*.parquet"))
+    return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+
+
+def row(frame: pd.DataFrame, user_id: int, day: date) -> pd.Series:
+    end = pd.Timestamp(day + timedelta(days=1), tz="UTC")
+    match = frame[(frame.user_id == user_id) & (frame.event_timestamp == end)]
+    assert len(match) == 1, f"expected one row for user {user_id} on {day}, found {len(match)}"
+    return match.iloc[0]
+
+
+def file_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet"))}
+
+
+# ----------------------------------------------------------------------------------------- hand-computed
+
+
+@pytest.fixture
+def small_world(settings: Settings) -> Settings:
+    users = make_users(3, signup=utc(2026, 1, 1, 10))
+    users.loc[1, "signup_at"] = utc(2026, 1, 3, 8)
+    users["closed_at"] = pd.Series([None, utc(2026, 1, 8, 12), utc(2026, 1, 6)], dtype="datetime64[us, UTC]")
+    events = make_events(
+        [
+            (1, utc(2026, 1, 1, 11), "login", None),
+            (1, utc(2026, 1, 2, 9), "video_watch", 30.0),
+            (1, utc(2026, 1, 2, 9, 30), "video_watch", None),
+            (1, utc(2026, 1, 2, 10), "quiz_attempt", 80.0),
+            (1, utc(2026, 1, 5, 10), "quiz_attempt", 60.0),
+            (1, utc(2026, 1, 5, 11), "payment_success", 19.99),
+            (1, utc(2026, 1, 9, 3), "payment_failed", None),
+            (1, utc(2026, 1, 20, 7), "login", None),
+            (3, utc(2026, 1, 2, 4), "payment_failed", None),
+        ]
+    )
+    # Ingested 90 s after it happened, i.e. after the end of its day: the row of that day carries it in `created`.
+    late = (events.user_id == 1) & (events.event_type == "quiz_attempt") & (events.value == 80.0)
+    events.loc[late, "event_timestamp"] = utc(2026, 1, 2, 23, 59, 30)
+    events.loc[late, "ingested_at"] = utc(2026, 1, 3, 0, 1)
+    write_validated(settings.paths, users, events)
+    build_features(settings)
+    return settings
+
+
+def test_windows_means_ratios_recency_and_trends_match_hand_computation(small_world: Settings) -> None:
+    snaps = read_snapshots(small_world)
+
+    jan5 = row(snaps, 1, date(2026, 1, 5))  # 7d window: Dec 30 .. Jan 5
+    assert (jan5.active_days_7d, jan5.sessions_7d, jan5.videos_watched_7d) == (3, 1, 2)
+    assert jan5.watch_minutes_7d == pytest.approx(30.0)  # the NULL-valued watch counts, adds nothing
+    assert (jan5.quiz_attempts_7d, jan5.quiz_score_mean_7d) == (2, pytest.approx(70.0))
+    assert (jan5.payments_7d, jan5.amount_paid_7d) == (1, pytest.approx(19.99))
+    assert jan5.payment_fail_rate_7d == 0.0
+    assert (jan5.days_since_last_activity, jan5.tenure_days) == (0, 4)
+
+    jan9 = row(snaps, 1, date(2026, 1, 9))  # 7d: Jan 3 .. Jan 9; 14d: Dec 27 .. Jan 9
+    assert (jan9.active_days_7d, jan9.watch_minutes_7d, jan9.quiz_score_mean_7d) == (1, 0.0, 60.0)
+    assert jan9.payment_fail_rate_7d == 0.5
+    assert (jan9.active_days_14d, jan9.quiz_score_mean_14d) == (3, pytest.approx(70.0))
+    assert jan9.days_since_last_activity == 4
+
+    jan12 = row(snaps, 1, date(2026, 1, 12))  # 7d: Jan 6 .. Jan 12 (only the failed payment)
+    assert jan12.active_days_7d == 0 and np.isnan(jan12.quiz_score_mean_7d)
+    assert jan12.payment_fail_rate_7d == 1.0
+    # last 7 days (Jan 6..12) minus the 7 before (Dec 30..Jan 5): 0 - 3 active days, 0 - 30 minutes
+    assert (jan12.active_days_trend_7d, jan12.watch_minutes_trend_7d) == (-3, -30.0)
+
+    jan16 = row(snaps, 1, date(2026, 1, 16))  # 7d: Jan 10 .. Jan 16: no payment of any kind
+    assert np.isnan(jan16.payment_fail_rate_7d) and jan16.payment_failures_14d == 1
+    assert jan16.days_since_last_activity == 11
+
+    jan20 = row(snaps, 1, date(2026, 1, 20))
+    assert (jan20.sessions_7d, jan20.active_days_30d, jan20.sessions_90d, jan20.days_since_last_activity) == (
+        1,
+        4,
+        2,
+        0,
+    )
+    assert jan20.tenure_days == 19
+
+
+def test_rows_exist_only_while_a_customer_and_never_active_recency_counts_from_signup(small_world: Settings) -> None:
+    snaps = read_snapshots(small_world)
+    days = snaps.groupby("user_id").event_timestamp.agg(["min", "max", "count"])
+    # user 1: all 20 days; user 2: signed up Jan 3, closed during Jan 8 -> Jan 3..7;
+    # user 3: closed at Jan 6 00:00 exactly -> a customer through the whole of Jan 5.
+    assert days.loc[1].tolist() == [utc(2026, 1, 2), utc(2026, 1, 21), 20]
+    assert days.loc[2].tolist() == [utc(2026, 1, 4), utc(2026, 1, 8), 5]
+    assert days.loc[3].tolist() == [utc(2026, 1, 2), utc(2026, 1, 6), 5]
+    user2 = snaps[snaps.user_id == 2]
+    assert user2.days_since_last_activity.tolist() == [0, 1, 2, 3, 4] == user2.tenure_days.tolist()
+    user3 = snaps[snaps.user_id == 3]  # a failed payment is not activity
+    assert user3.days_since_last_activity.tolist() == [0, 1, 2, 3, 4]
+    assert row(snaps, 3, date(2026, 1, 2)).payment_fail_rate_7d == 1.0
+    assert (snaps.plan == "free").all() and (snaps.country == "DE").all()
+
+
+def test_created_is_the_latest_ingest_in_the_window_and_timestamps_are_utc_microseconds(
+    small_world: Settings,
+) -> None:
+    snaps = read_snapshots(small_world)
+    assert row(snaps, 1, date(2026, 1, 2)).created == utc(2026, 1, 3, 0, 1)
+    assert row(snaps, 1, date(2026, 1, 3)).created == utc(2026, 1, 4)  # ingested before this row's end
+    assert (snaps.created >= snaps.event_timestamp).all()
+    schema = pq.read_schema(next(small_world.paths.snapshots.glob("*/part-0.parquet")))
+    assert schema.names == snapshot_columns(DEFAULT_CATALOG)
+    assert schema.field("event_timestamp").type == TS and schema.field("created").type == TS
+    daily_file = small_world.paths.user_daily / "date=2026-01-02" / "part-0.parquet"
+    assert pq.read_schema(daily_file).field("max_ingested_at").type == TS
+    daily = pq.read_table(daily_file).to_pandas()
+    assert daily.user_id.tolist() == [1, 3]
+    assert daily.loc[0, ["video_watch_count", "video_watch_value_sum", "video_watch_value_count"]].tolist() == [
+        2,
+        30.0,
+        1,
+    ]
+    assert daily.is_active.tolist() == [True, False]
+
+
+# ------------------------------------------------------------------------------- independent re-computation
+
+
+def random_world(seed: int, n_users: int = 12, n_days: int = 50) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    users = make_users(n_users)
+    users["signup_at"] = [utc(2026, 1, 1) + pd.Timedelta(hours=int(h)) for h in rng.integers(0, 24 * 20, n_users)]
+    users["signup_at"] = users["signup_at"].astype("datetime64[us, UTC]")
+    closing = [utc(2026, 1, 25) + pd.Timedelta(hours=int(h)) if rng.random() < 0.3 else None for h in range(n_users)]
+    users["closed_at"] = pd.Series(closing, dtype="datetime64[us, UTC]")
+    n_events = 600
+    types = rng.choice(DEFAULT_CATALOG.names, n_events)
+    value = np.round(rng.uniform(0, 100, n_events), 3)
+    has_value = np.isin(types, ["video_watch", "quiz_attempt", "payment_success"]) & (rng.random(n_events) < 0.8)
+    stamps = utc(2026, 1, 1) + pd.to_timedelta(rng.integers(0, n_days * 86_400, n_events), unit="s")
+    rows = list(
+        zip(rng.integers(1, n_users + 1, n_events), stamps, types, np.where(has_value, value, None), strict=True)
+    )
+    events = make_events(rows)
+    events["ingested_at"] += pd.to_timedelta(rng.integers(0, 3 * 86_400, n_events), unit="s")
+    return users, events
+
+
+def pandas_windows(events: pd.DataFrame, catalog: EventCatalog, days: pd.DatetimeIndex) -> pd.DataFrame:
+    """Every window feature, by reindexing per-day counts onto a full calendar and summing `rolling(w)`."""
+    frame = events.assign(day=events.event_timestamp.dt.tz_localize(None).dt.normalize())
+    base = {"act": frame[frame.event_type.isin(catalog.activity_types)].groupby(["user_id", "day"]).size() > 0}
+    for t in catalog.event_types:
+        of_type = frame[frame.event_type == t.name].groupby(["user_id", "day"]).value
+        base[f"count:{t.name}"], base[f"sum:{t.name}"], base[f"n:{t.name}"] = (
+            of_type.size(),
+            of_type.sum(),
+            of_type.count(),
+        )
+    daily = pd.DataFrame(base).fillna(0).astype(float)
+    out = []
+    for user_id, per_user in daily.groupby(level="user_id"):
+        full = per_user.droplevel("user_id").reindex(days, fill_value=0.0)
+        for w in catalog.windows:
+            rolled = full.rolling(w, min_periods=1).sum()
+            features = {"user_id": user_id, "day": days, "window": w, "active_days": rolled["act"]}
+            for t in catalog.event_types:
+                features[t.count_feature] = rolled[f"count:{t.name}"]
+                if t.value_aggregate == "mean":
+                    features[t.value_feature] = rolled[f"sum:{t.name}"] / rolled[f"n:{t.name}"].replace(0, np.nan)
+                elif t.value_feature:
+                    features[t.value_feature] = rolled[f"sum:{t.name}"]
+            for r in catalog.ratios:
+                denominator = sum(rolled[f"count:{name}"] for name in r.denominator).replace(0, np.nan)
+                features[r.feature] = rolled[f"count:{r.numerator}"] / denominator
+            out.append(pd.DataFrame(features).reset_index(drop=True))
+    return pd.concat(out, ignore_index=True)
+
+
+def test_every_window_feature_equals_an_independent_pandas_computation(settings: Settings) -> None:
+    users, events = random_world(seed=3, n_days=130)
+    write_validated(settings.paths, users, events)
+    build_features(settings)
+    snaps = read_snapshots(settings)
+    days = pd.date_range("2026-01-01", events.event_timestamp.max().tz_localize(None).normalize(), freq="D")
+    expected = pandas_windows(events, DEFAULT_CATALOG, days)
+
+    # Rows: exactly the customer days (signup day <= D, closed_at >= end of D).
+    customer = users.merge(pd.DataFrame({"day": days}), how="cross")
+    end = customer.day.dt.tz_localize("UTC") + pd.Timedelta(days=1)
+    customer = customer[(customer.signup_at < end) & (customer.closed_at.isna() | (customer.closed_at >= end))]
+    assert sorted(zip(snaps.user_id, snaps.event_timestamp, strict=True)) == sorted(
+        zip(customer.user_id, end[customer.index], strict=True)
+    )
+
+    snaps["day"] = snaps.event_timestamp.dt.tz_localize(None) - pd.Timedelta(days=1)
+    checked = 0
+    for w in DEFAULT_CATALOG.windows:
+        want = expected[expected.window == w].set_index(["user_id", "day"])
+        got = snaps.set_index(["user_id", "day"])
+        want = want.reindex(got.index).fillna({"active_days": 0})  # users with no events at all
+        for stem in DEFAULT_CATALOG.window_stems():
+            mine, theirs = got[f"{stem}_{w}d"].to_numpy(float), want[stem].to_numpy(float)
+            no_events = np.isnan(theirs) & ~want.index.get_level_values(0).isin(events.user_id)
+            theirs = np.where(no_events & ~np.isnan(mine), 0.0, theirs)
+            np.testing.assert_allclose(mine, theirs, rtol=1e-9, atol=1e-6, err_msg=f"{stem}_{w}d")
+            checked += 1
+    assert checked == len(DEFAULT_CATALOG.window_features())
+
+
+# ------------------------------------------------------------------------ look-ahead, idempotence, late data
+
+
+def test_features_of_a_day_do_not_depend_on_later_events(settings: Settings, tmp_path: Path) -> None:
+    users, events = random_world(seed=5)
+    cut = pd.Timestamp("2026-02-01", tz="UTC")
+    write_validated(settings.paths, users, events)
+    build_features(settings)
+    truncated = Settings(data_dir=tmp_path / "truncated")
+    write_validated(truncated.paths, users, events[events.event_timestamp < cut])
+    build_features(truncated)
+
+    full, short = read_snapshots(settings), read_snapshots(truncated)
+    full = full[full.event_timestamp <= cut].reset_index(drop=True)
+    assert len(short) > 0 and short.event_timestamp.max() == cut
+    pd.testing.assert_frame_equal(full, short)
+
+
+def test_rebuilding_a_window_gives_identical_bytes_and_an_incremental_build_equals_a_full_one(
+    settings: Settings, tmp_path: Path
+) -> None:
+    users, events = random_world(seed=11)
+    cut = pd.Timestamp("2026-02-05", tz="UTC")
+    write_validated(settings.paths, users, events[events.event_timestamp < cut])
+    build_features(settings)
+    first_build = file_bytes(settings.paths.features)
+    build_features(settings, date(2026, 1, 20), date(2026, 1, 30))
+    assert file_bytes(settings.paths.features) == first_build
+
+    write_validated(settings.paths, None, events[events.event_timestamp >= cut], part="part-1")
+    build_features(settings, start=date(2026, 2, 5))
+    fresh = Settings(data_dir=tmp_path / "fresh")
+    write_validated(fresh.paths, users, events)
+    build_features(fresh)
+    incremental = file_bytes(settings.paths.features)
+    assert incremental == file_bytes(fresh.paths.features)
+    assert not [p for p in settings.paths.features.rglob("*") if p.name.startswith(".")]
+
+
+def test_a_late_event_is_picked_up_and_moves_created_later(settings: Settings) -> None:
+    users = make_users(1)
+    events = make_events([(1, utc(2026, 1, d, 12), "login", None) for d in range(1, 11)])
+    write_validated(settings.paths, users, events)
+    build_features(settings)
+    before = read_snapshots(settings).set_index("event_timestamp")
+
+    arrived = utc(2026, 1, 10, 18)
+    late = make_events([(1, utc(2026, 1, 8, 20), "login", None)])
+    late["ingested_at"] = arrived
+    write_validated(settings.paths, None, late, part="part-late")
+    two_days = Settings(data_dir=settings.data_dir, late_data_days=2)
+    build_features(two_days, start=date(2026, 1, 10), end=date(2026, 1, 10))
+    after = read_snapshots(settings).set_index("event_timestamp")
+
+    for day, moved in [(8, True), (9, True), (10, False)]:
+        end = utc(2026, 1, day + 1)
+        assert after.loc[end, "sessions_7d"] == before.loc[end, "sessions_7d"] + 1
+        assert after.loc[end, "created"] == (arrived if moved else end)
+        assert before.loc[end, "created"] == end
+    assert after.loc[utc(2026, 1, 8), "sessions_7d"] == before.loc[utc(2026, 1, 8), "sessions_7d"]
+
+
+# --------------------------------------------------------------------------------- catalogue and schema
+
+MUSIC = EventCatalog(
+    event_types=(
+        EventType("play", "plays", True, "minutes_played", "sum", 0.0, 600.0),
+        EventType("skip", "skips", is_activity=True),
+        EventType("subscribe_fail", "subscribe_failures", is_activity=False),
+    ),
+    ratios=(Ratio("skip_rate", "skip", ("play", "skip")),),
+    trend_features=("minutes_played",),
+    windows=(7, 28),
+)
+
+
+def test_a_bring_your_own_catalogue_produces_its_own_columns(settings: Settings) -> None:
+    users = make_users(2)
+    users["plan"] = pd.array([None, None], dtype="string")  # bring-your-own users may have no plan at all
+    events = make_events(
+        [
+            (1, utc(2026, 1, 1, 9), "play", 3.5),
+            (1, utc(2026, 1, 1, 9, 5), "skip", None),
+            (1, utc(2026, 1, 3, 9), "play", 4.0),
+            (2, utc(2026, 1, 9, 9), "subscribe_fail", None),
+        ]
+    )
+    write_validated(settings.paths, users, events)
+    summary = build_features(settings, catalog=MUSIC)
+    snaps = read_snapshots(settings)
+    assert list(snaps.columns) == snapshot_columns(MUSIC)
+    assert "minutes_played_28d" in snaps and "sessions_7d" not in snaps and summary.columns == len(snaps.columns)
+    jan3 = row(snaps, 1, date(2026, 1, 3))
+    assert (jan3.plays_7d, jan3.minutes_played_28d, jan3.skip_rate_7d, jan3.minutes_played_trend_7d) == (
+        2,
+        7.5,
+        pytest.approx(1 / 3),
+        7.5,
+    )
+    assert row(snaps, 2, date(2026, 1, 9)).days_since_last_activity == 8
+    assert snaps.plan.isna().all()
+
+
+def test_the_snapshot_schema_rejects_a_negative_count(small_world: Settings) -> None:
+    schema = snapshot_schema(DEFAULT_CATALOG)
+    frame = to_frame(pq.read_table(small_world.paths.snapshots / "date=2026-01-05" / "part-0.parquet"))
+    validate_snapshots(frame.copy(), schema)
+    frame.loc[0, "sessions_7d"] = -1
+    with pytest.raises(SchemaError, match="sessions_7d"):
+        validate_snapshots(frame, schema)
+
+
+def test_a_users_table_with_a_wrong_type_is_a_schema_error(settings: Settings) -> None:
+    users = make_users(1)
+    users["signup_at"] = users["signup_at"].astype(str)
+    write_validated(settings.paths, users, make_events([(1, utc(2026, 1, 1, 9), "login", None)]))
+    with pytest.raises(SchemaError, match="signup_at"):
+        build_features(settings)
+
+
+def test_cli_build_reports_what_the_snapshots_hold(small_world: Settings) -> None:
+    # Mounted like jobs/cli.py mounts it, without importing every other stage's commands.
+    root = typer.Typer()
+    root.add_typer(feature_commands.app, name="features")
+    result = CliRunner().invoke(root, ["features", "build", "--start", "2026-01-10"])
+    assert result.exit_code == 0, result.output
+    assert str(small_world.paths.snapshots) in result.output
+    assert "rebuilt days 2026-01-07 .. 2026-01-20" in result.output
+    assert "30 rows, 3 users, 62 columns" in result.output
+    assert "days 2026-01-01 .. 2026-01-20" in result.output
