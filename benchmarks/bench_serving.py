@@ -1,0 +1,188 @@
+"""Serving benchmark: `churn serve` (one uvicorn worker, real Redis, real MLflow champion) against a bare FastAPI
+JSON endpoint served the same way in the same run, driven by wrk over loopback. Prints ratios.
+
+    .venv/bin/python -m benchmarks.bench_serving [--users 2000] [--seconds 8]
+
+Uses its own Feast project on Redis db 11 and deletes its keys afterwards. Each wrk run is at most 15 s.
+"""
+
+import argparse
+import asyncio
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import redis
+from fastapi import FastAPI
+
+from churn_common.names import FEATURE_SERVICE
+from churn_common.online import read_online
+from churn_common.settings import PROJECT_ROOT, Settings
+from churn_common.store import apply_repo, feature_store
+from serving.features import make_reader, redis_client
+from tests.feature_repo.factories import random_snapshots, write_snapshots
+from tests.serving.world import (
+    World,
+    delete_project_keys,
+    free_port,
+    register_champion,
+    running_server,
+    server_env,
+    train_model,
+)
+
+REDIS_DB = 11
+bare_app = FastAPI()
+
+
+@bare_app.get("/bare")
+async def bare() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def build_world(root: Path, users: int) -> World:
+    settings = Settings(
+        data_dir=root / "data",
+        feast_project=f"bench_{int(time.time())}",
+        feast_profile="redis",
+        redis_db=REDIS_DB,
+        mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+    )
+    today = datetime.now(UTC).date()
+    snapshots = random_snapshots(range(1, users + 1), [today - timedelta(days=d) for d in (2, 1)], seed=5)
+    write_snapshots(snapshots, settings.paths.snapshots)
+    store = apply_repo(settings)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="ibis")
+        store.materialize(datetime.now(UTC) - timedelta(days=10), datetime.now(UTC))
+    world = World(settings, snapshots)
+    register_champion(world, train_model(world, seed=1))
+    return world
+
+
+def wrk(url: str, connections: int, seconds: int, script: Path | None) -> dict[str, float]:
+    threads = min(2, connections)
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{min(seconds, 15)}s", "--latency", "--timeout", "5s"]
+    if script is not None:
+        command += ["-s", str(script)]
+    out = subprocess.run([*command, url], capture_output=True, text=True, check=True, timeout=60).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    for pct in ("50", "99"):
+        value, unit = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out).groups()
+        result[f"p{pct}_ms"] = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non_2xx"] = float(errors.group(1)) if errors else 0.0
+    return result
+
+
+def serve_bare(port: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "uvicorn", "benchmarks.bench_serving:bare_app", "--port", str(port)]
+    process = subprocess.Popen([*command, "--no-access-log", "--log-level", "warning"], cwd=PROJECT_ROOT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/bare", timeout=1)
+            return process
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("bare server did not start")
+
+
+def reader_micro(world: World, users: int, rounds: int = 300) -> tuple[float, float]:
+    """Median µs per single-user read: the direct Redis reader vs Feast's get_online_features (read_online)."""
+    store = feature_store(world.settings)
+    service = store.get_feature_service(FEATURE_SERVICE)
+    now = datetime.now(UTC)
+
+    async def direct() -> list[float]:
+        client = redis_client(store)
+        reader = make_reader(store, service, client, timeout_s=1.0)
+        times = []
+        for i in range(rounds):
+            started = time.perf_counter()
+            await reader.read([1 + i % users], now)
+            times.append(time.perf_counter() - started)
+        await client.aclose()
+        return times
+
+    feast_times = []
+    for i in range(rounds):
+        started = time.perf_counter()
+        read_online(store, service, [1 + i % users], now)
+        feast_times.append(time.perf_counter() - started)
+    return statistics.median(asyncio.run(direct())) * 1e6, statistics.median(feast_times) * 1e6
+
+
+def cold_latencies(base: str, user_ids: range) -> list[float]:
+    """Single-connection latency of first-time (uncached) scores, in ms."""
+    times = []
+    with httpx.Client(base_url=base) as client:
+        for user_id in user_ids:
+            started = time.perf_counter()
+            client.get("/predict", params={"user_id": user_id}).raise_for_status()
+            times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--seconds", type=int, default=8)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        world = build_world(Path(tmp), args.users)
+        try:
+            run(world, args, Path(tmp))
+        finally:
+            delete_project_keys(redis.Redis(db=REDIS_DB), world.settings.feast_project)
+
+
+def run(world: World, args: argparse.Namespace, tmp: Path) -> None:
+    script = tmp / "predict.lua"
+    script.write_text(
+        f'request = function() return wrk.format("GET", "/predict?user_id=" .. math.random(1, {args.users})) end\n'
+    )
+    direct_us, feast_us = reader_micro(world, args.users)
+    bare_port = free_port()
+    bare_process = serve_bare(bare_port)
+    try:
+        with running_server(server_env(world.settings)) as base:
+            cold = cold_latencies(base, range(1, 51))
+            with httpx.Client(base_url=base, timeout=60) as client:  # warm the score cache for every user
+                for start in range(1, args.users + 1, 100):
+                    ids = list(range(start, min(start + 100, args.users + 1)))
+                    client.post("/predict/batch", json={"user_ids": ids}).raise_for_status()
+            bare32 = wrk(f"http://127.0.0.1:{bare_port}/bare", 32, args.seconds, None)
+            one = wrk(base, 1, args.seconds, script)
+            eight = wrk(base, 8, args.seconds, script)
+            thirty_two = wrk(base, 32, args.seconds, script)
+    finally:
+        bare_process.terminate()
+        bare_process.wait(timeout=10)
+    report(bare32, one, eight, thirty_two, cold, direct_us, feast_us)
+
+
+def report(bare32, one, eight, thirty_two, cold, direct_us, feast_us) -> None:
+    print(f"bare FastAPI endpoint, 32 conns: {bare32['rps']:.0f} req/s")
+    for name, r in (("1 conn", one), ("8 conns", eight), ("32 conns", thirty_two)):
+        print(
+            f"/predict {name:>8}: {r['rps']:7.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
+            f"  non-2xx {r['non_2xx']:.0f}"
+        )
+    print(f"throughput ratio /predict ÷ bare at 32 conns: {thirty_two['rps'] / bare32['rps']:.2f} (target >= 0.5)")
+    print(f"p99 at 8 conns {eight['p99_ms']:.2f} ms (target <= 10); at 32 conns {thirty_two['p99_ms']:.2f} ms (<= 25)")
+    print(f"p50 at 1 conn {one['p50_ms']:.2f} ms (target <= 1)")
+    print(f"uncached (first) score, 1 conn: median {statistics.median(cold):.1f} ms over {len(cold)} users")
+    print(f"online read, 1 user: direct Redis reader {direct_us:.0f} µs vs Feast {feast_us:.0f} µs")
+    print(f"  ratio Feast ÷ direct: {feast_us / direct_us:.1f}×")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""``churn serve`` and ``churn demo``."""
+
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from churn_common.settings import Settings
+from serving.app import create_app
+
+
+def serve(
+    access_log: Annotated[bool, typer.Option(help="Log every request (costs latency under load).")] = False,
+) -> None:
+    """Serve the prediction API on settings.api_host:api_port (one process; scale with replicas)."""
+    settings = Settings()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        access_log=access_log,
+    )
+
+
+def register_top_level(root: typer.Typer) -> None:
+    """Mount ``churn serve`` and ``churn demo``."""
+    root.command("serve")(serve)

@@ -1,0 +1,149 @@
+"""The champion: which model version serves, its FeatureService and its reader, swapped atomically on change.
+
+A request takes ``holder.current`` once and uses that bundle throughout, so a swap between two awaits cannot
+mix one model with another version's features. Loading happens in a worker thread, off the event loop.
+"""
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+import mlflow
+from feast import FeatureService, FeatureStore
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+from churn_common.errors import ChurnError, ConfigurationError, ModelNotFound, TrackingServerUnavailable
+from churn_common.feature_frame import ServiceSchema, service_schema
+from churn_common.model import ChurnModel
+from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE_TAG, REGISTERED_MODEL
+from churn_common.store import get_feature_service
+from serving.features import FeatureReader
+
+logger = logging.getLogger(__name__)
+
+_NOT_FOUND_CODES = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
+# Scores for identical inputs are identical, and a user's features change once per snapshot; this many
+# recent (features -> score) results are kept per champion.
+SCORE_CACHE_SIZE = 50_000
+
+
+class ScoreCache:
+    """A bounded LRU map from a feature tuple to its scored result."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple, Any] = OrderedDict()
+
+    def get(self, key: tuple) -> Any:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: tuple, value: Any) -> None:
+        self._entries[key] = value
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class Champion:
+    model: ChurnModel
+    name: str
+    version: str
+    alias: str
+    feature_service: str
+    schema: ServiceSchema
+    reader: FeatureReader
+    view_count: int
+    scores: ScoreCache = field(default_factory=lambda: ScoreCache(SCORE_CACHE_SIZE))
+
+
+@dataclass
+class ChampionHolder:
+    current: Champion | None = None
+    problem: str = "the champion model has not been loaded yet"
+
+
+ReaderFactory = Callable[[FeatureStore, FeatureService], FeatureReader]
+
+
+class ChampionLoader:
+    """Resolves ``models:/<name>@champion`` and builds a Champion from it (blocking; run in a thread)."""
+
+    def __init__(self, tracking_uri: str, store: FeatureStore, make_reader: ReaderFactory) -> None:
+        self._client = mlflow.MlflowClient(tracking_uri)
+        self._tracking_uri = tracking_uri
+        self._store = store
+        self._make_reader = make_reader
+
+    def champion_version(self) -> ModelVersion:
+        try:
+            return self._client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+        except MlflowException as exc:
+            if exc.error_code in _NOT_FOUND_CODES:
+                raise ModelNotFound(f"no version of model {REGISTERED_MODEL!r} has alias {CHAMPION_ALIAS!r}") from exc
+            raise TrackingServerUnavailable(f"MLflow at {self._tracking_uri} failed: {exc.message}") from exc
+
+    def load(self, version: ModelVersion) -> Champion:
+        service_name = version.tags.get(FEATURE_SERVICE_TAG)
+        if not service_name:
+            raise ConfigurationError(f"model version {version.version} has no {FEATURE_SERVICE_TAG!r} tag")
+        model = self._load_model(version)
+        self._store.refresh_registry()
+        service = get_feature_service(self._store, service_name)
+        schema = service_schema(service)
+        unknown = sorted(set(model.feature_names) - set(schema.features))
+        if unknown:
+            raise ConfigurationError(f"model {version.version} needs features {unknown} not in {service_name}")
+        reader = self._make_reader(self._store, service)
+        views = len(service.feature_view_projections)
+        return Champion(model, version.name, str(version.version), CHAMPION_ALIAS, service_name, schema, reader, views)
+
+    def _load_model(self, version: ModelVersion) -> ChurnModel:
+        uri = f"models:/{version.name}/{version.version}"
+        try:
+            # Through this client's URIs: the process-wide MLflow defaults may point elsewhere (or at ./mlruns).
+            source = self._client.get_model_version_download_uri(version.name, version.version)
+            local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=self._tracking_uri)
+            model = mlflow.pyfunc.load_model(local).unwrap_python_model()
+        except MlflowException as exc:
+            raise ModelNotFound(f"cannot load {uri}: {exc.message}") from exc
+        except OSError as exc:
+            raise ModelNotFound(f"cannot read the artifacts of {uri}: {exc}") from exc
+        if not isinstance(model, ChurnModel):
+            raise ConfigurationError(f"{uri} holds a {type(model).__name__}, not a ChurnModel")
+        return model
+
+
+async def refresh_champion(holder: ChampionHolder, loader: ChampionLoader) -> bool:
+    """Load the champion if it changed. Returns whether a swap happened; keeps serving the old one on failure."""
+    try:
+        version = await anyio.to_thread.run_sync(loader.champion_version)
+        current = holder.current
+        if current is not None and current.version == str(version.version):
+            return False
+        champion = await anyio.to_thread.run_sync(loader.load, version)
+    except ChurnError as exc:
+        logger.warning("champion not (re)loaded: %s", exc)
+        if holder.current is None:
+            holder.problem = str(exc)
+        return False
+    holder.current = champion
+    logger.info("serving %s version %s (%s)", champion.name, champion.version, champion.feature_service)
+    return True
+
+
+async def poll_champion(
+    holder: ChampionHolder, loader: ChampionLoader, interval_s: float, on_swap: Callable[[Champion], None]
+) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        if await refresh_champion(holder, loader) and holder.current is not None:
+            on_swap(holder.current)

@@ -1,0 +1,79 @@
+"""From online vectors to predictions: the checks a vector must pass, scoring, reasons and the response body."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import anyio.to_thread
+import pandas as pd
+from fastapi import HTTPException, status
+
+from churn_common.feature_frame import normalize
+from churn_common.online import OnlineVector
+from serving.model_loader import Champion
+from serving.schemas import ModelRef, Prediction, PredictionError, Reason
+
+
+@dataclass(frozen=True)
+class Scored:
+    probability: float
+    band: str
+    reasons: tuple[Reason, ...]
+
+
+def check_vector(vector: OnlineVector, view_count: int, now: datetime) -> None:
+    """Raise the HTTP error a vector deserves: unknown user (404) or nothing fresh enough to score (503)."""
+    if vector.as_of is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {vector.user_id} has no features online")
+    if len(vector.stale_views) + len(vector.missing_views) >= view_count:
+        age = now - vector.as_of
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"features of user {vector.user_id} are stale: newest snapshot is {age.total_seconds():.0f}s old "
+            f"({vector.as_of.isoformat()}), older than the feature views' ttl",
+        )
+
+
+async def score(champion: Champion, vectors: Sequence[OnlineVector]) -> list[Scored]:
+    """Scores with reasons. A champion's results are cached by the exact model inputs, which fully decide them."""
+    names = champion.model.feature_names
+    keys = [tuple(vector.features[name] for name in names) for vector in vectors]
+    cached = [champion.scores.get(key) for key in keys]
+    todo = [i for i, result in enumerate(cached) if result is None]
+    fresh: dict[int, Scored] = {}
+    if todo:
+        # Uncached scoring is pandas/sklearn work of tens of milliseconds; on a worker thread the event loop
+        # keeps answering (and timing) other requests' Redis reads meanwhile.
+        computed = await anyio.to_thread.run_sync(_score_uncached, champion, [vectors[i] for i in todo])
+        for i, scored in zip(todo, computed, strict=True):
+            champion.scores.put(keys[i], scored)
+            fresh[i] = scored
+    return [fresh[i] if result is None else result for i, result in enumerate(cached)]
+
+
+def _score_uncached(champion: Champion, vectors: Sequence[OnlineVector]) -> list[Scored]:
+    records = [vector.features for vector in vectors]
+    frame = normalize(pd.DataFrame.from_records(records, columns=champion.schema.features), champion.schema)
+    model = champion.model
+    probabilities = model.predict_proba(frame)
+    explanations = model.explain(frame, top_k=3)
+    return [
+        Scored(float(p), model.risk_band(float(p)), tuple(Reason(**reason) for reason in reasons))
+        for p, reasons in zip(probabilities, explanations, strict=True)
+    ]
+
+
+def to_prediction(champion: Champion, vector: OnlineVector, scored: Scored) -> Prediction:
+    return Prediction(
+        user_id=vector.user_id,
+        churn_probability=scored.probability,
+        risk_band=scored.band,
+        reasons=list(scored.reasons),
+        model=ModelRef(name=champion.name, version=champion.version, alias=champion.alias),
+        features_as_of=vector.as_of,
+        feature_service=champion.feature_service,
+    )
+
+
+def error_entry(user_id: int, exc: HTTPException) -> PredictionError:
+    return PredictionError(user_id=user_id, status=exc.status_code, detail=str(exc.detail))

@@ -1,0 +1,147 @@
+"""HTTP routes: predictions, health, readiness and metrics."""
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+
+from churn_common.errors import FeatureStoreUnavailable
+from churn_common.online import OnlineVector
+from serving.deps import HolderDep, MetricsDep, SettingsDep, StateDep, require_champion
+from serving.model_loader import Champion
+from serving.prediction import check_vector, error_entry, score, to_prediction
+from serving.schemas import (
+    MAX_USER_ID,
+    BatchRequest,
+    BatchResponse,
+    ErrorBody,
+    Health,
+    ModelRef,
+    Prediction,
+    PredictionError,
+    Readiness,
+)
+from serving.state import ServingState
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "API token required and missing or wrong"},
+    503: {"model": ErrorBody, "description": "No model loaded, online store unavailable, or features stale"},
+}
+router = APIRouter()
+predict_router = APIRouter(responses=_ERRORS)
+
+
+async def _read(state: ServingState, champion: Champion, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]:
+    started = time.perf_counter()
+    try:
+        vectors = await champion.reader.read(user_ids, now)
+    except FeatureStoreUnavailable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+    state.metrics.online_read.observe(time.perf_counter() - started)
+    state.metrics.observe_vectors(vectors)
+    return vectors
+
+
+def _record_freshness(state: ServingState, vectors: Sequence[OnlineVector], now: datetime) -> None:
+    newest = max((vector.as_of for vector in vectors if vector.as_of is not None), default=None)
+    if newest is not None:
+        state.metrics.freshness.set((now - newest).total_seconds())
+
+
+@predict_router.get("/predict", responses={404: {"model": ErrorBody, "description": "The user has no features online"}})
+async def predict(
+    user_id: Annotated[int, Query(gt=0, le=MAX_USER_ID, description="The learner's account id")],
+    state: StateDep,
+    holder: HolderDep,
+) -> Prediction:
+    champion = require_champion(holder)
+    now = datetime.now(UTC)
+    async with state.slots:
+        [vector] = await _read(state, champion, [user_id], now)
+        check_vector(vector, champion.view_count, now)
+        [scored] = await score(champion, [vector])
+    _record_freshness(state, [vector], now)
+    state.metrics.observe_prediction(scored.probability, scored.band)
+    return to_prediction(champion, vector, scored)
+
+
+@predict_router.post(
+    "/predict/batch", responses={422: {"description": "Invalid body or more ids than the batch limit"}}
+)
+async def predict_batch(body: BatchRequest, state: StateDep, settings: SettingsDep, holder: HolderDep) -> BatchResponse:
+    if len(body.user_ids) > settings.batch_max_ids:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{len(body.user_ids)} ids requested; at most {settings.batch_max_ids} per batch",
+        )
+    champion = require_champion(holder)
+    now = datetime.now(UTC)
+    valid = [user_id for user_id in body.user_ids if 0 < user_id <= MAX_USER_ID]
+    async with state.slots:
+        vectors = {vector.user_id: vector for vector in await _read(state, champion, valid, now)} if valid else {}
+        results = await _batch_results(champion, body.user_ids, vectors, now)
+    _record_freshness(state, list(vectors.values()), now)
+    for result in results:
+        if isinstance(result, Prediction):
+            state.metrics.observe_prediction(result.churn_probability, result.risk_band)
+    return BatchResponse(results=results)
+
+
+async def _batch_results(
+    champion: Champion, user_ids: Sequence[int], vectors: dict[int, OnlineVector], now: datetime
+) -> list[Prediction | PredictionError]:
+    errors: dict[int, PredictionError] = {}
+    scorable: list[OnlineVector] = []
+    for user_id in dict.fromkeys(user_ids):
+        vector = vectors.get(user_id)
+        if vector is None:
+            errors[user_id] = PredictionError(user_id=user_id, status=422, detail="user_id must be in [1, 2**63)")
+            continue
+        try:
+            check_vector(vector, champion.view_count, now)
+        except HTTPException as exc:
+            errors[user_id] = error_entry(user_id, exc)
+            continue
+        scorable.append(vector)
+    results = zip(scorable, await score(champion, scorable), strict=True)
+    scored = {vector.user_id: to_prediction(champion, vector, result) for vector, result in results}
+    return [scored.get(user_id) or errors[user_id] for user_id in user_ids]
+
+
+@router.get("/health")
+async def health() -> Health:
+    return Health()
+
+
+@router.get("/ready", responses={503: {"model": Readiness, "description": "Not ready; reasons say why"}})
+async def ready(state: StateDep, response: Response) -> Readiness:
+    champion = state.holder.current
+    reasons = [] if champion else [f"no model: {state.holder.problem}"]
+    age = None
+    if champion is not None:
+        age, problem = await _feature_age(state, champion)
+        reasons += [problem] if problem else []
+    if reasons:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    model = ModelRef(name=champion.name, version=champion.version, alias=champion.alias) if champion else None
+    return Readiness(ready=not reasons, reasons=reasons, model=model, features_age_seconds=age)
+
+
+async def _feature_age(state: ServingState, champion: Champion) -> tuple[float | None, str | None]:
+    try:
+        newest = await champion.reader.newest_timestamp()
+    except FeatureStoreUnavailable as exc:
+        return None, str(exc)
+    if newest is None:
+        return None, "no online features found for this project; run `churn materialize`"
+    age = (datetime.now(UTC) - newest).total_seconds()
+    state.metrics.freshness.set(age)
+    slo = state.settings.freshness_slo_seconds
+    return age, (f"newest features are {age:.0f}s old, over the {slo}s freshness SLO" if age > slo else None)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics(metrics: MetricsDep) -> Response:
+    return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")

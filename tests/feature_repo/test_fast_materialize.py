@@ -1,0 +1,221 @@
+"""The fast Redis batch engine writes exactly what Feast's own engine writes, and keeps Feast's bookkeeping."""
+
+from collections.abc import Iterator
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import redis
+from feast import FeatureStore, RepoConfig
+from feast.infra.passthrough_provider import PassthroughProvider
+from feast.type_map import python_values_to_proto_values
+from feast.value_type import ValueType
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from churn_common.feast_engine import (
+    RedisBatchEngine,
+    RedisBatchEngineConfig,
+    encode_timestamps,
+    encode_values,
+    event_time_nanos,
+)
+from churn_common.names import FEATURE_SERVICE
+from churn_common.settings import Settings
+from churn_common.store import apply_repo, feature_store, repo_config
+from tests.conftest import TEST_REDIS_DB, unique_name
+from tests.feature_repo.conftest import delete_project_keys
+from tests.feature_repo.factories import day_end, random_snapshots, write_snapshots
+
+ENGINE = {"type": "churn_common.feast_engine.RedisBatchEngine"}
+DAYS = [date(2026, 4, 1) + timedelta(days=i) for i in range(4)]
+USERS = range(1, 301)
+STALE_USERS = range(301, 341)  # no rows in the last days
+START = day_end(DAYS[0]).to_pydatetime() - timedelta(days=1)
+END = (day_end(DAYS[-1]) + timedelta(hours=3)).to_pydatetime()
+NEXT_DAY = DAYS[-1] + timedelta(days=1)
+NEXT_END = (day_end(NEXT_DAY) + timedelta(hours=3)).to_pydatetime()
+
+
+# --- column encoders against Feast's own serialisation ------------------------------------------------------------
+
+ENCODER_CASES = [
+    (ValueType.INT64, pa.array([0, 1, -1, 127, 128, 16_383, 16_384, 2**63 - 1, -(2**63)], pa.int64())),
+    (ValueType.INT64, pa.array([0, 5, None, -3, 300], pa.int64())),
+    (ValueType.INT32, pa.array([0, 1, -1, 2**31 - 1, -(2**31)], pa.int32())),
+    (ValueType.DOUBLE, pa.array([0.0, -0.0, 1.5, float("nan"), float("inf"), None, 1e308, 5e-324], pa.float64())),
+    (ValueType.FLOAT, pa.array([0.0, -0.0, 1.5, float("nan"), None, 3.4e38], pa.float32())),
+    (ValueType.BOOL, pa.array([True, False, None], pa.bool_())),
+    (ValueType.STRING, pa.array(["", "free", None, "ü€😀", "x" * 300, "free"], pa.string())),
+]
+
+
+@pytest.mark.parametrize(("value_type", "column"), ENCODER_CASES, ids=lambda c: str(c)[:30])
+def test_column_encoding_equals_feast_value_proto_bytes(value_type, column):
+    expected = [
+        v.SerializeToString() for v in python_values_to_proto_values(column.to_numpy(zero_copy_only=False), value_type)
+    ]
+    assert list(encode_values(column, value_type)) == expected
+
+
+def test_timestamp_encoding_equals_feast_timestamp_bytes():
+    stamps = pd.to_datetime(
+        ["1970-01-01T00:00:00", "2026-03-02T00:00:00.123456", "2026-03-02T00:00:00", "1969-12-31T23:59:59.5"],
+        utc=True,
+        format="ISO8601",
+    ).as_unit("us")
+    expected = []
+    for stamp in stamps:
+        proto = Timestamp()
+        proto.FromDatetime(stamp.to_pydatetime())
+        expected.append(proto.SerializeToString())
+    assert list(encode_timestamps(event_time_nanos(pa.array(stamps)))) == expected
+
+
+def test_yaml_batch_engine_entry_resolves_to_this_engine(tmp_path):
+    config = RepoConfig(
+        project="engine_check",
+        provider="local",
+        registry=str(tmp_path / "registry.db"),
+        online_store={"type": "redis", "connection_string": "127.0.0.1:6379,db=11"},
+        offline_store={"type": "duckdb"},
+        batch_engine=ENGINE,
+        entity_key_serialization_version=3,
+    )
+    assert isinstance(config.batch_engine, RedisBatchEngineConfig)
+    assert type(PassthroughProvider(config).batch_engine) is RedisBatchEngine
+
+
+# --- the two engines side by side on real Redis -------------------------------------------------------------------
+
+
+def _snapshots() -> pd.DataFrame:
+    """Random snapshots plus what production data has: negative trends, unicode, and a rebuilt day (same event
+    time, later created timestamp, other values) that must win."""
+    frame = pd.concat(
+        [random_snapshots(USERS, DAYS, seed=21), random_snapshots(STALE_USERS, DAYS[:1], seed=22)], ignore_index=True
+    )
+    rng = np.random.default_rng(23)
+    frame["active_days_trend_7d"] = rng.integers(-7, 8, size=len(frame))
+    frame.loc[frame.index % 7 == 0, "country"] = "Côte d’Ivoire"
+    frame.loc[frame.index % 11 == 0, "sessions_90d"] = 2**40
+    rebuilt = random_snapshots(range(1, 51), DAYS[-1:], seed=24, created_delay=timedelta(hours=5))
+    return pd.concat([frame, rebuilt], ignore_index=True)
+
+
+def _settings(tmp_path, name: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / name,
+        feast_project=unique_name("fm"),
+        feast_profile="redis",
+        redis_db=TEST_REDIS_DB,
+        online_write_batch_size=128,  # several batches per run
+    )
+
+
+def _fast_store(settings: Settings) -> FeatureStore:
+    config = repo_config(settings)
+    config.batch_engine_config = ENGINE
+    return FeatureStore(repo_path=str(settings.feature_repo), config=config)
+
+
+def _contents(client: redis.Redis, project: str) -> dict[bytes, dict[bytes, bytes]]:
+    suffix = project.encode()
+    return {key[: -len(suffix)]: client.hgetall(key) for key in client.scan_iter(match=f"*{project}", count=1000)}
+
+
+@pytest.fixture
+def both(tmp_path, redis_client) -> Iterator[tuple[Settings, Settings]]:
+    """Settings of two projects over the same snapshots: one for Feast's default engine, one for the fast one."""
+    default, fast = _settings(tmp_path, "default"), _settings(tmp_path, "fast")
+    snapshots = _snapshots()
+    try:
+        for settings in (default, fast):
+            write_snapshots(snapshots, settings.paths.snapshots)
+            apply_repo(settings)
+        yield default, fast
+    finally:
+        for settings in (default, fast):
+            delete_project_keys(redis_client, settings.feast_project)
+
+
+@pytest.fixture
+def stores(both) -> tuple[FeatureStore, FeatureStore]:
+    default, fast = both
+    fast_store = _fast_store(fast)
+    assert type(fast_store._get_provider().batch_engine) is RedisBatchEngine
+    return feature_store(default), fast_store
+
+
+def _intervals(store: FeatureStore) -> dict[str, list[tuple]]:
+    return {fv.name: sorted(fv.materialization_intervals) for fv in store.list_feature_views()}
+
+
+@pytest.mark.redis
+def test_fast_engine_writes_the_same_bytes_as_feast(stores, redis_client):
+    default, fast = stores
+    default.materialize(start_date=START, end_date=END)
+    fast.materialize(start_date=START, end_date=END)
+
+    expected = _contents(redis_client, default.project)
+    assert len(expected) == len(USERS) + len(STALE_USERS)
+    assert all(len(fields) == 59 + 5 for fields in expected.values())
+    assert _contents(redis_client, fast.project) == expected
+    assert _intervals(fast) == _intervals(default)
+
+
+@pytest.mark.redis
+def test_online_features_through_the_service_are_identical(stores):
+    default, fast = stores
+    for store in (default, fast):
+        store.materialize(start_date=START, end_date=END)
+    rows = [{"user_id": u} for u in [*USERS, *STALE_USERS, 99_999]]
+
+    def read(store: FeatureStore) -> dict[str, list]:
+        service = store.get_feature_service(FEATURE_SERVICE)
+        return store.get_online_features(features=service, entity_rows=rows, full_feature_names=True).to_dict(
+            include_event_timestamps=True
+        )
+
+    expected = read(default)
+    assert read(fast) == expected
+    assert sum(v is not None for v in expected["user_status_daily__plan"]) == len(USERS) + len(STALE_USERS)
+
+
+@pytest.mark.redis
+def test_incremental_runs_continue_and_older_windows_never_overwrite(both, stores, redis_client):
+    default, fast = stores
+    for store in (default, fast):
+        store.materialize(start_date=START, end_date=END)
+    later = random_snapshots(range(1, 101), [NEXT_DAY], seed=25)
+    for settings in both:
+        write_snapshots(later, settings.paths.snapshots, part="part-later")
+
+    for store in (default, fast):
+        store.materialize_incremental(end_date=NEXT_END)
+    assert {fv: intervals[-1] for fv, intervals in _intervals(fast).items()} == dict.fromkeys(
+        _intervals(fast), (END, NEXT_END)
+    )
+    expected = _contents(redis_client, default.project)
+    assert _contents(redis_client, fast.project) == expected
+
+    # Re-running the first window must leave the newer values in place, as Feast's write path does.
+    for store in (default, fast):
+        store.materialize(start_date=START, end_date=END)
+    assert _contents(redis_client, default.project) == expected
+    assert _contents(redis_client, fast.project) == expected
+    newest = fast.get_online_features(
+        features=["user_status_daily:plan"], entity_rows=[{"user_id": 1}, {"user_id": 200}], full_feature_names=True
+    ).to_dict(include_event_timestamps=True)
+    assert newest["user_status_daily__plan__ts"] == [day_end(d).timestamp() for d in (NEXT_DAY, DAYS[-1])]
+
+
+@pytest.mark.redis
+def test_key_ttl_seconds_is_applied_to_every_key(stores, redis_client):
+    _, fast = stores
+    fast.config.online_store.key_ttl_seconds = 3_600
+    fast.materialize(start_date=START, end_date=END)
+    keys = list(redis_client.scan_iter(match=f"*{fast.project}", count=1000))
+    assert len(keys) == len(USERS) + len(STALE_USERS)
+    assert all(0 < redis_client.ttl(key) <= 3_600 for key in keys)

@@ -1,0 +1,59 @@
+"""Fixtures for the serving tests: one real world per session (Feast project on Redis db 11, MLflow champion)."""
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import redis
+import uvicorn
+
+from churn_common.settings import Settings
+from serving.app import create_app
+from tests.conftest import REDIS_HOST, REDIS_PORT, TEST_REDIS_DB, _reachable, unique_name
+from tests.serving.world import World, delete_project_keys, free_port, make_world, register_champion, train_model
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    if not _reachable(REDIS_HOST, REDIS_PORT):
+        pytest.fail(f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT}; run `make services`")
+    project = unique_name("srv")
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=TEST_REDIS_DB)
+    try:
+        built = make_world(tmp_path_factory.mktemp("serving"), project, TEST_REDIS_DB)
+        built.model = train_model(built, seed=1)
+        register_champion(built, built.model)
+        yield built
+    finally:
+        delete_project_keys(client, project)
+        client.close()
+
+
+@contextmanager
+def app_client(settings: Settings) -> Iterator[httpx.Client]:
+    """The app served by a real uvicorn server in a thread of this process (lifespan included)."""
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the in-process server did not start")
+            time.sleep(0.02)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def api(world: World) -> Iterator[httpx.Client]:
+    with app_client(world.settings) as client:
+        yield client
