@@ -1,0 +1,127 @@
+"""The logged churn model: a pyfunc wrapper carrying everything prediction needs — the calibrated sklearn
+pipeline, the ordered feature names, the risk-band thresholds and the reference values behind the reason
+codes. Serving loads it from MLflow and imports only this module, never ``training/``.
+
+Reason codes are occlusion-based: for each feature, the row's value is replaced by the training reference
+(median for numbers, mode for strings) and the drop in churn probability is that feature's contribution.
+It needs no model internals, so it works for any estimator with ``predict_proba`` and is deterministic.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from churn_common.errors import SchemaError
+
+# Contributions below this are float noise from scoring a differently shaped batch, not a reason.
+_MIN_CONTRIBUTION = 1e-9
+
+
+@dataclass(frozen=True)
+class RiskThresholds:
+    """Probability cut-offs: ``p >= high`` is high risk, ``medium <= p < high`` medium, else low."""
+
+    high: float
+    medium: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.medium <= self.high <= 1.0:
+            raise ValueError(f"need 0 <= medium <= high <= 1, got medium={self.medium}, high={self.high}")
+
+    def as_dict(self) -> dict[str, float]:
+        return {"high": self.high, "medium": self.medium}
+
+
+class ChurnModel(mlflow.pyfunc.PythonModel):
+    """A fitted churn classifier plus what serving needs to band and explain its scores."""
+
+    def __init__(
+        self,
+        estimator: Any,
+        feature_names: list[str],
+        risk_thresholds: RiskThresholds,
+        reference_values: dict[str, float | str],
+    ) -> None:
+        missing = [name for name in feature_names if name not in reference_values]
+        if missing:
+            raise ValueError(f"no reference value for features {missing}")
+        self.estimator = estimator
+        self.feature_names = list(feature_names)
+        self.risk_thresholds = risk_thresholds
+        self.reference_values = dict(reference_values)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        probabilities = self.predict_proba(model_input)
+        return pd.DataFrame(
+            {
+                "churn_probability": probabilities,
+                "risk_band": [self.risk_band(p) for p in probabilities],
+            },
+            index=model_input.index,
+        )
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Churn probability per row (1-d). Extra columns are ignored; a missing feature is an error."""
+        return self.estimator.predict_proba(self._features(frame))[:, 1]
+
+    def risk_band(self, p: float) -> str:
+        if p >= self.risk_thresholds.high:
+            return "high"
+        if p >= self.risk_thresholds.medium:
+            return "medium"
+        return "low"
+
+    def explain(self, frame: pd.DataFrame, top_k: int = 3) -> list[list[dict]]:
+        """Per row, up to ``top_k`` features pushing the probability up, largest contribution first."""
+        rows = self._features(frame).reset_index(drop=True)
+        base = self.predict_proba(rows)
+        # One batch for every (row, feature) counterfactual: a single model call whatever the row count.
+        counterfactual = self._with_reference_values(rows)
+        occluded = self.predict_proba(counterfactual).reshape(len(rows), len(self.feature_names))
+        contributions = base[:, None] - occluded
+        return [self._top_reasons(rows.iloc[i], contributions[i], top_k) for i in range(len(rows))]
+
+    def _features(self, frame: pd.DataFrame) -> pd.DataFrame:
+        missing = [name for name in self.feature_names if name not in frame.columns]
+        if missing:
+            raise SchemaError(f"model input misses features {missing}")
+        return frame[self.feature_names]
+
+    def _with_reference_values(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Each row repeated once per feature; copy j of a row has feature j set to its reference value."""
+        n_features = len(self.feature_names)
+        repeated = rows.loc[rows.index.repeat(n_features)].reset_index(drop=True)
+        for j, name in enumerate(self.feature_names):
+            column = repeated[name].to_numpy(copy=True)
+            if column.dtype.kind in "iub":
+                # An integer count's median can be fractional; assigning it must not truncate.
+                column = column.astype("float64")
+            column[j::n_features] = self.reference_values[name]
+            repeated[name] = column
+        return repeated
+
+    def _top_reasons(self, row: pd.Series, contributions: np.ndarray, top_k: int) -> list[dict]:
+        # Ties are broken by feature name so equal contributions always come back in the same order.
+        ranked = sorted(zip(contributions, self.feature_names, strict=True), key=lambda cn: (-cn[0], cn[1]))
+        return [
+            {
+                "feature": name,
+                "value": _json_value(row[name]),
+                "direction": "up",
+                "contribution": round(float(contribution), 6),
+            }
+            for contribution, name in ranked[:top_k]
+            if contribution > _MIN_CONTRIBUTION
+        ]
+
+
+def _json_value(value: Any) -> float | str | None:
+    if value is None or (isinstance(value, float | np.floating) and math.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,91 @@
+"""``churn train`` and ``churn model promote|rollback``: train and register a challenger, move the champion."""
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+
+from churn_common.errors import ChurnError
+from churn_common.names import FEATURE_SERVICE
+from churn_common.settings import Settings
+from churn_common.store import feature_store
+from training import registry
+from training.dataset import get_training_frame
+from training.labels import build_labels
+from training.train import require_both_classes, train_churn_model
+
+logger = logging.getLogger(__name__)
+
+model_app = typer.Typer(no_args_is_help=True)
+
+
+@contextmanager
+def _exit_on_error() -> Iterator[None]:
+    """A platform error ends the command with its message and exit code 1, not a traceback."""
+    try:
+        yield
+    except ChurnError as exc:
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+
+
+def _print_json(payload: dict[str, Any]) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+def train(
+    promote: Annotated[bool, typer.Option(help="Promote the new version to champion if it passes the gate.")] = False,
+    feature_service: Annotated[str, typer.Option(help="FeatureService to train on.")] = FEATURE_SERVICE,
+) -> None:
+    """Label, build the point-in-time training set, train, and register the model as the challenger."""
+    settings = Settings()
+    with _exit_on_error():
+        # Fail before hours of work when the tracking server is down or the labels cannot train a model.
+        registry.connect(settings)
+        labels = build_labels(settings)
+        require_both_classes(labels, "the labels")
+        frame = get_training_frame(feature_store(settings), labels, feature_service)
+        result = train_churn_model(frame, settings.label_horizon_days, _ground_truth(settings))
+        version = registry.log_and_register(settings, result, feature_service)
+        summary = {"registered_version": version.version, "model_family": result.family} | _headline(result.metrics)
+        if promote:
+            summary["promotion"] = registry.promote(settings)
+    _print_json(summary)
+
+
+def _ground_truth(settings: Settings) -> pd.DataFrame | None:
+    """The generator's hidden propensity, for the oracle comparison only; absent on real data."""
+    if not settings.paths.ground_truth.exists():
+        logger.info("no ground truth at %s: the oracle AUC is not computed", settings.paths.ground_truth)
+        return None
+    return pd.read_parquet(settings.paths.ground_truth, columns=["user_id", "churn_propensity"])
+
+
+def _headline(metrics: dict[str, float]) -> dict[str, float]:
+    keys = ("roc_auc", "pr_auc", "lift_top_decile", "recall_top_decile", "brier", "roc_auc_oracle_ratio")
+    return {f"test_{key}": round(metrics[key], 4) for key in keys if key in metrics}
+
+
+@model_app.command("promote")
+def promote() -> None:
+    """Make the challenger the champion unless it is worse on the challenger's test window."""
+    with _exit_on_error():
+        decision = registry.promote(Settings())
+    _print_json(decision)
+
+
+@model_app.command("rollback")
+def rollback() -> None:
+    """Give the champion alias back to the previous champion."""
+    with _exit_on_error():
+        outcome = registry.rollback(Settings())
+    _print_json(outcome)
+
+
+def register_top_level(root: typer.Typer) -> None:
+    """Mount ``churn train``."""
+    root.command("train")(train)

@@ -1,0 +1,146 @@
+"""Label timing, population rules and horizon censoring on hand-built events.
+
+Grid used throughout: the first event is 2026-01-01 00:00, the active window 30 days, so observation times
+start at 2026-01-31 and step by 7 days. The last event is 2026-04-01 12:00; with a 30-day horizon the last
+observation time whose label is known is 2026-02-28 (2026-03-07 + 30 d would end after the data).
+"""
+
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from churn_common.errors import DataError, TrainingError
+from churn_common.settings import Settings
+from tests.factories import make_events, make_users, utc
+from training.labels import build_labels
+
+T = utc(2026, 2, 7)
+H = timedelta(days=30)
+DAY, SECOND = timedelta(days=1), timedelta(seconds=1)
+EXPECTED_GRID = [utc(2026, 1, 31) + timedelta(days=7 * k) for k in range(5)]
+ANCHOR = 99
+
+
+def write_inputs(settings: Settings, events: pd.DataFrame, users: pd.DataFrame) -> None:
+    for day, part in events.groupby(events["event_timestamp"].dt.strftime("%Y-%m-%d")):
+        out = settings.paths.events / f"date={day}"
+        out.mkdir(parents=True, exist_ok=True)
+        part.to_parquet(out / "part-0.parquet", index=False)
+    settings.paths.users.parent.mkdir(parents=True, exist_ok=True)
+    users.to_parquet(settings.paths.users, index=False)
+
+
+def scenario_events() -> list[tuple]:
+    return [
+        (ANCHOR, utc(2026, 1, 1), "login", None),
+        (ANCHOR, utc(2026, 2, 27), "login", None),
+        (ANCHOR, utc(2026, 3, 20), "login", None),
+        (ANCHOR, utc(2026, 4, 1, 12), "login", None),
+        # 1: its only later event is exactly at t, which is not "after t".
+        (1, T - DAY, "login", None),
+        (1, T, "login", None),
+        # 2: activity exactly at t + horizon is inside (t, t + horizon].
+        (2, T - DAY, "login", None),
+        (2, T + H, "video_watch", 10.0),
+        # 3: one second past the horizon is outside it.
+        (3, T - DAY, "login", None),
+        (3, T + H + SECOND, "login", None),
+        # 4: signs up after T (see users), active from then on.
+        (4, T + DAY, "login", None),
+        # 5: closed one second before T (see users).
+        (5, T - 2 * DAY, "login", None),
+        # 6: last activity exactly 30 days before T: still in [t - 30 d, t).
+        (6, T - timedelta(days=30), "quiz_attempt", 80.0),
+        # 7: last activity one second earlier than that: inactive for the window, not in the population.
+        (7, T - timedelta(days=30) - SECOND, "login", None),
+        # 8: only non-activity events (a renewal is not engagement).
+        (8, T - DAY, "payment_success", 19.0),
+        # 9: active before T; afterwards only a payment and a support ticket, which are not activity.
+        (9, T - DAY, "login", None),
+        (9, T + 5 * DAY, "payment_success", 19.0),
+        (9, T + 6 * DAY, "support_ticket", None),
+    ]
+
+
+def scenario_users() -> pd.DataFrame:
+    users = make_users(9, signup=utc(2026, 1, 1))
+    users.loc[users["user_id"] == 4, "signup_at"] = T + timedelta(hours=1)
+    users.loc[users["user_id"] == 5, "closed_at"] = T - SECOND
+    anchor = make_users(1, signup=utc(2025, 12, 1), first_id=ANCHOR)
+    return pd.concat([users, anchor], ignore_index=True)
+
+
+@pytest.fixture
+def labels(settings: Settings) -> pd.DataFrame:
+    write_inputs(settings, make_events(scenario_events()), scenario_users())
+    frame = build_labels(settings)
+    return frame.set_index(["user_id", "event_timestamp"])["label"]
+
+
+def label_at(labels: pd.Series, user_id: int, t: pd.Timestamp) -> int | None:
+    return labels.get((user_id, t))
+
+
+def test_event_exactly_at_t_is_not_future_activity(labels: pd.Series) -> None:
+    assert label_at(labels, 1, T) == 1
+
+
+def test_event_exactly_at_horizon_end_counts(labels: pd.Series) -> None:
+    assert label_at(labels, 2, T) == 0
+
+
+def test_event_one_second_past_horizon_does_not_count(labels: pd.Series) -> None:
+    assert label_at(labels, 3, T) == 1
+
+
+def test_non_activity_events_do_not_prevent_churn(labels: pd.Series) -> None:
+    assert label_at(labels, 9, T) == 1
+
+
+def test_user_not_signed_up_before_t_is_excluded_then_included(labels: pd.Series) -> None:
+    assert label_at(labels, 4, T) is None
+    # At the next grid time the signup is before t and the login at T + 1 d is in the trailing window.
+    assert label_at(labels, 4, T + timedelta(days=7)) == 1
+
+
+def test_closed_user_is_excluded(labels: pd.Series) -> None:
+    assert label_at(labels, 5, T) is None
+
+
+def test_trailing_window_includes_its_start_and_excludes_earlier(labels: pd.Series) -> None:
+    assert label_at(labels, 6, T) == 1
+    assert label_at(labels, 7, T) is None
+
+
+def test_users_without_activity_are_excluded(labels: pd.Series) -> None:
+    assert 8 not in labels.index.get_level_values("user_id")
+
+
+def test_grid_is_weekly_at_midnight_and_censored_at_the_horizon(labels: pd.Series) -> None:
+    times = sorted(labels.index.get_level_values("event_timestamp").unique())
+    assert times == EXPECTED_GRID
+    # The anchor is active before and after 2026-03-07 too, yet that time is censored: its horizon ends
+    # 2026-04-06, after the last event.
+    assert label_at(labels, ANCHOR, EXPECTED_GRID[-1]) == 0
+    assert label_at(labels, ANCHOR, EXPECTED_GRID[-1] + timedelta(days=7)) is None
+
+
+def test_output_types(settings: Settings) -> None:
+    write_inputs(settings, make_events(scenario_events()), scenario_users())
+    frame = build_labels(settings)
+    assert list(frame.columns) == ["user_id", "event_timestamp", "label"]
+    assert str(frame["event_timestamp"].dtype) == "datetime64[us, UTC]"
+    assert frame["user_id"].dtype == "int64" and set(frame["label"]) <= {0, 1}
+
+
+def test_too_short_a_span_is_a_training_error(settings: Settings) -> None:
+    events = make_events([(1, utc(2026, 1, 1), "login", None), (1, utc(2026, 2, 15), "login", None)])
+    write_inputs(settings, events, make_users(1))
+    with pytest.raises(TrainingError, match="shorter than the active window"):
+        build_labels(settings)
+
+
+def test_missing_events_is_a_data_error(settings: Settings) -> None:
+    with pytest.raises(DataError, match="no validated events"):
+        build_labels(settings)

@@ -1,0 +1,48 @@
+"""The commands exit non-zero with a clear message, and leave nothing registered, when they cannot succeed."""
+
+from datetime import timedelta
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from churn_common.settings import Settings
+from jobs.cli import app
+from tests.factories import make_events, make_users, utc
+from tests.training.test_labels import write_inputs
+from tests.training.test_registry import closed_port
+
+runner = CliRunner()
+
+
+def test_train_on_labels_without_churners_fails_and_registers_nothing(settings: Settings) -> None:
+    # Three users log in every day for 90 days: nobody churns, so no model can be trained.
+    days = [utc(2026, 1, 1) + timedelta(days=d) for d in range(90)]
+    events = make_events([(user, day, "login", None) for user in (1, 2, 3) for day in days])
+    write_inputs(settings, events, make_users(3, signup=utc(2025, 12, 1)))
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == 1
+    assert "TrainingError" in result.output and "both churners and non-churners" in result.output
+    uri = settings.tracking_uri
+    assert MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models() == []
+
+
+def test_train_with_an_unreachable_tracking_server_fails_before_training(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHURN_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == 1
+    assert "TrackingServerUnavailable" in result.output and "unreachable" in result.output
+
+
+def test_promote_without_a_challenger_fails(settings: Settings) -> None:
+    result = runner.invoke(app, ["model", "promote"])
+    assert result.exit_code == 1
+    assert "ModelNotFound" in result.output and "'challenger'" in result.output
+
+
+def test_rollback_without_a_previous_champion_fails(settings: Settings) -> None:
+    result = runner.invoke(app, ["model", "rollback"])
+    assert result.exit_code == 1
+    assert "ModelNotFound" in result.output

@@ -1,0 +1,121 @@
+"""Test-set metrics (overall, per observation time, per plan), the oracle comparison, and the plots."""
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import average_precision_score, brier_score_loss, precision_recall_curve, roc_auc_score, roc_curve
+
+from churn_common.names import TIMESTAMP_FIELD
+
+logger = logging.getLogger(__name__)
+
+TOP_FRACTION = 0.10
+
+
+def top_fraction_mask(scores: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
+    """The ``ceil(n * fraction)`` highest scores; ties resolved by row order so the mask is deterministic."""
+    n_top = math.ceil(len(scores) * fraction)
+    order = np.argsort(-scores, kind="stable")
+    mask = np.zeros(len(scores), dtype=bool)
+    mask[order[:n_top]] = True
+    return mask
+
+
+def classification_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Ranking and calibration metrics; the AUCs are absent when ``labels`` has a single class."""
+    labels = np.asarray(labels, dtype=int)
+    top = top_fraction_mask(scores)
+    base_rate = labels.mean()
+    metrics = {
+        "rows": float(len(labels)),
+        "base_rate": float(base_rate),
+        "brier": float(brier_score_loss(labels, scores)),
+        "lift_top_decile": float(labels[top].mean() / base_rate) if base_rate > 0 else math.nan,
+        "recall_top_decile": float(labels[top].sum() / labels.sum()) if base_rate > 0 else math.nan,
+    }
+    if len(np.unique(labels)) == 2:
+        metrics["roc_auc"] = float(roc_auc_score(labels, scores))
+        metrics["pr_auc"] = float(average_precision_score(labels, scores))
+    return metrics
+
+
+def evaluate(test: pd.DataFrame, scores: np.ndarray, oracle_scores: np.ndarray | None) -> dict[str, float]:
+    """Overall test metrics, plus the oracle's ROC-AUC (the generator's true propensity used as the score on
+    the same rows) and the model/oracle ratio when the oracle is known."""
+    labels = test["label"].to_numpy()
+    metrics = classification_metrics(labels, scores)
+    if oracle_scores is not None and "roc_auc" in metrics:
+        metrics["oracle_roc_auc"] = float(roc_auc_score(labels, oracle_scores))
+        metrics["roc_auc_oracle_ratio"] = metrics["roc_auc"] / metrics["oracle_roc_auc"]
+    return metrics
+
+
+def slice_metrics(test: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
+    """One row per test observation time and per plan: ``slice``, ``value`` and the metrics."""
+    rows = []
+    by_slice = {"time": test[TIMESTAMP_FIELD].dt.strftime("%Y-%m-%d")}
+    if "plan" in test.columns:
+        by_slice["plan"] = test["plan"].astype(str)
+    labels = test["label"].to_numpy()
+    for slice_name, keys in by_slice.items():
+        for value in sorted(keys.unique()):
+            mask = (keys == value).to_numpy()
+            rows.append({"slice": slice_name, "value": value, **classification_metrics(labels[mask], scores[mask])})
+    return pd.DataFrame(rows)
+
+
+def save_plots(labels: np.ndarray, scores: np.ndarray, out_dir: Path) -> list[Path]:
+    """ROC, precision-recall, calibration and lift charts as PNG files in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, draw in (("roc", _roc), ("pr", _pr), ("calibration", _calibration), ("lift", _lift)):
+        # A bare Figure with the Agg canvas: no pyplot global state, no display needed.
+        figure = Figure(figsize=(5, 4), layout="constrained")
+        FigureCanvasAgg(figure)
+        draw(figure.add_subplot(), np.asarray(labels, dtype=int), scores)
+        path = out_dir / f"{name}.png"
+        figure.savefig(path, dpi=80)
+        paths.append(path)
+    return paths
+
+
+def _roc(ax, labels: np.ndarray, scores: np.ndarray) -> None:
+    fpr, tpr, _ = roc_curve(labels, scores)
+    ax.plot(fpr, tpr, label=f"model (AUC {roc_auc_score(labels, scores):.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="random")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
+    ax.legend(loc="lower right")
+
+
+def _pr(ax, labels: np.ndarray, scores: np.ndarray) -> None:
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    ax.plot(recall, precision, label=f"model (AP {average_precision_score(labels, scores):.3f})")
+    ax.axhline(labels.mean(), linestyle="--", color="grey", label="base rate")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test)")
+    ax.legend(loc="upper right")
+
+
+def _calibration(ax, labels: np.ndarray, scores: np.ndarray) -> None:
+    observed, predicted = calibration_curve(labels, scores, n_bins=10, strategy="quantile")
+    ax.plot(predicted, observed, marker="o", label="model")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
+    ax.set(xlabel="predicted churn probability", ylabel="observed churn rate", title="Calibration (test)")
+    ax.legend(loc="upper left")
+
+
+def _lift(ax, labels: np.ndarray, scores: np.ndarray) -> None:
+    """Cumulative lift: churn rate among the top-k% scores over the overall churn rate."""
+    order = np.argsort(-scores, kind="stable")
+    share = np.arange(1, len(labels) + 1) / len(labels)
+    lift = np.cumsum(labels[order]) / np.arange(1, len(labels) + 1) / labels.mean()
+    ax.plot(share, lift, label="model")
+    ax.axhline(1.0, linestyle="--", color="grey", label="random")
+    ax.axvline(TOP_FRACTION, linestyle=":", color="black", label="top decile")
+    ax.set(xlabel="share of users contacted", ylabel="cumulative lift", title="Lift (test)")
+    ax.legend(loc="upper right")

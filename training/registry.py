@@ -1,0 +1,297 @@
+"""MLflow tracking and the model registry: log a training run, register its model as the challenger, and move
+the ``champion`` alias forward (promotion, gated on the same test window) or back (rollback).
+
+Every version keeps its own record: a ``feature_service`` tag (serving resolves features through it), the
+test ROC-AUC, and after a promotion attempt the decision with both numbers.
+"""
+
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from sklearn.metrics import roc_auc_score
+
+from churn_common.errors import ModelNotFound, ModelRegistryError, TrackingServerUnavailable
+from churn_common.model import ChurnModel
+from churn_common.names import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    FEATURE_SERVICE,
+    FEATURE_SERVICE_TAG,
+    REGISTERED_MODEL,
+)
+from churn_common.settings import Settings
+from training.evaluate import save_plots
+from training.train import KEY_COLUMNS, TrainingResult
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT = "churn"
+MODEL_ARTIFACT = "model"
+TEST_SET_ARTIFACT = "evaluation/test_set.parquet"
+PREVIOUS_CHAMPION_ALIAS = "previous_champion"
+# On a version that became champion: the version it replaced, so rollbacks can walk back more than one step.
+PREVIOUS_CHAMPION_TAG = "previous_champion_version"
+_NOT_FOUND = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
+_HEALTH_TIMEOUT_S = 5.0
+
+
+def connect(settings: Settings) -> MlflowClient:
+    """Point MLflow at ``settings.tracking_uri``; a server must answer its health check first, because the
+    MLflow client would otherwise retry for minutes before failing."""
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif uri.startswith(("http://", "https://")):
+        _check_health(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _check_health(uri: str) -> None:
+    try:
+        response = httpx.get(f"{uri.rstrip('/')}/health", timeout=_HEALTH_TIMEOUT_S)
+    except httpx.TransportError as exc:
+        raise TrackingServerUnavailable(f"MLflow tracking server at {uri} is unreachable: {exc}") from exc
+    if response.status_code != 200:
+        raise TrackingServerUnavailable(f"MLflow tracking server at {uri} is unhealthy: HTTP {response.status_code}")
+
+
+@contextmanager
+def _registry_errors(settings: Settings) -> Iterator[None]:
+    try:
+        yield
+    except MlflowException as exc:
+        raise ModelRegistryError(f"MLflow at {settings.tracking_uri} failed: {exc.message}") from exc
+
+
+def log_and_register(
+    settings: Settings, result: TrainingResult, feature_service: str = FEATURE_SERVICE
+) -> ModelVersion:
+    """Log the run and register its model as a new version of ``churn`` with alias ``challenger``."""
+    client = connect(settings)
+    with _registry_errors(settings):
+        experiment_id = _experiment_id(client, settings)
+        with mlflow.start_run(experiment_id=experiment_id, tags={FEATURE_SERVICE_TAG: feature_service}):
+            _log_run(result)
+            model_uri = _log_model(result.model, result.split.test).model_uri
+        version = _register(client, model_uri, _version_tags(result, feature_service))
+    logger.info("registered %s version %s as %s", REGISTERED_MODEL, version.version, CHALLENGER_ALIAS)
+    return version
+
+
+def _experiment_id(client: MlflowClient, settings: Settings) -> str:
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    # The local default keeps artifacts beside the SQLite file; a server decides its own artifact store.
+    location = None if settings.mlflow_tracking_uri else settings.paths.mlflow_artifacts.as_uri()
+    return client.create_experiment(EXPERIMENT, artifact_location=location)
+
+
+def _log_run(result: TrainingResult) -> None:
+    mlflow.log_params(
+        {"model_family": result.family, **{f"{result.family}.{k}": v for k, v in result.params.items()}}
+        | {f"risk_threshold.{k}": v for k, v in result.model.risk_thresholds.as_dict().items()}
+        | {"n_features": len(result.model.feature_names), **_split_sizes(result)}
+    )
+    mlflow.log_metrics(_finite(result.metrics | _slice_metrics(result.slices)))
+    mlflow.set_tag("training_set_sha256", result.fingerprint["sha256"])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        save_plots(result.split.test["label"].to_numpy(), result.test_scores, out / "plots")
+        mlflow.log_artifacts(str(out / "plots"), "plots")
+        mlflow.log_dict(result.fingerprint, "training_set_fingerprint.json")
+        mlflow.log_dict(result.reference_distributions, "reference_distributions.json")
+        mlflow.log_dict(json.loads(result.slices.to_json(orient="records")), "evaluation/slice_metrics.json")
+        # Promotion re-scores the champion on exactly these rows; keep them with the run.
+        result.split.test[[*KEY_COLUMNS, *result.model.feature_names]].to_parquet(out / "test_set.parquet")
+        mlflow.log_artifact(str(out / "test_set.parquet"), "evaluation")
+
+
+def _split_sizes(result: TrainingResult) -> dict[str, Any]:
+    split = result.split
+    return {
+        "rows_fit": len(split.fit),
+        "rows_validation": len(split.validation),
+        "rows_test": len(split.test),
+        "test_window": _test_window(split.test),
+    }
+
+
+def _test_window(test: pd.DataFrame) -> str:
+    times = test["event_timestamp"]
+    return f"{times.min():%Y-%m-%d}..{times.max():%Y-%m-%d}"
+
+
+def _slice_metrics(slices: pd.DataFrame) -> dict[str, float]:
+    metric_columns = [c for c in slices.columns if c not in ("slice", "value")]
+    return {
+        f"slice.{row['slice']}.{row['value']}.{metric}": row[metric]
+        for row in slices.to_dict(orient="records")
+        for metric in metric_columns
+    }
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    return {name: float(value) for name, value in metrics.items() if np.isfinite(value)}
+
+
+def _log_model(model: ChurnModel, test: pd.DataFrame):
+    example = test[model.feature_names].head(5).copy()
+    numeric = example.select_dtypes("number").columns
+    # Serving sends float64 for every number (NaN when missing); integer columns in the schema would refuse it.
+    example[numeric] = example[numeric].astype("float64")
+    return mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT,
+        python_model=model,
+        signature=infer_signature(example, model.predict(None, example)),
+        input_example=example,
+        pip_requirements=[f"{p}=={package_version(p)}" for p in ("mlflow", "scikit-learn", "pandas", "numpy")],
+    )
+
+
+def _version_tags(result: TrainingResult, feature_service: str) -> dict[str, str]:
+    return {
+        FEATURE_SERVICE_TAG: feature_service,
+        "test_roc_auc": f"{result.metrics['roc_auc']:.6f}",
+        "test_window": _test_window(result.split.test),
+        "training_set_sha256": result.fingerprint["sha256"],
+    }
+
+
+def _register(client: MlflowClient, model_uri: str, tags: dict[str, str]) -> ModelVersion:
+    """A new version with its tags and the challenger alias, or no version at all."""
+    version = mlflow.register_model(model_uri, REGISTERED_MODEL, tags=tags)
+    try:
+        client.set_registered_model_alias(REGISTERED_MODEL, CHALLENGER_ALIAS, version.version)
+    except MlflowException:
+        client.delete_model_version(REGISTERED_MODEL, version.version)
+        raise
+    return client.get_model_version(REGISTERED_MODEL, version.version)
+
+
+def promote(settings: Settings) -> dict[str, Any]:
+    """Make the challenger the champion unless it trails the champion's ROC-AUC, both scored on the
+    challenger's test window (the most recent labelled data), by more than ``promotion_tolerance``."""
+    client = connect(settings)
+    with _registry_errors(settings):
+        challenger = version_by_alias(client, CHALLENGER_ALIAS)
+        champion = _optional_version(client, CHAMPION_ALIAS)
+        decision = _decide(settings, challenger, champion)
+        _record(client, challenger, decision)
+        if decision["promoted"] and champion is not None and champion.version != challenger.version:
+            client.set_registered_model_alias(REGISTERED_MODEL, PREVIOUS_CHAMPION_ALIAS, champion.version)
+            client.set_model_version_tag(REGISTERED_MODEL, challenger.version, PREVIOUS_CHAMPION_TAG, champion.version)
+        if decision["promoted"]:
+            client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, challenger.version)
+    logger.info("promotion of version %s: %s", challenger.version, decision["decision"])
+    return decision
+
+
+def _decide(settings: Settings, challenger: ModelVersion, champion: ModelVersion | None) -> dict[str, Any]:
+    test = _test_set(challenger)
+    challenger_auc = _roc_auc(challenger, test)
+    champion_auc = None if champion is None else _roc_auc(champion, test)
+    promoted = champion_auc is None or challenger_auc >= champion_auc - settings.promotion_tolerance
+    if champion is None:
+        reason = "no champion yet"
+    else:
+        relation = "within" if promoted else "worse than"
+        reason = f"challenger ROC-AUC is {relation} {settings.promotion_tolerance} of the champion's"
+    return {
+        "decision": "promoted" if promoted else "refused",
+        "promoted": promoted,
+        "reason": reason,
+        "challenger_version": str(challenger.version),
+        "challenger_roc_auc": challenger_auc,
+        "champion_version": None if champion is None else str(champion.version),
+        "champion_roc_auc": champion_auc,
+        "tolerance": settings.promotion_tolerance,
+        "test_window": _test_window(test),
+        "test_rows": len(test),
+    }
+
+
+def _test_set(version: ModelVersion) -> pd.DataFrame:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=TEST_SET_ARTIFACT, dst_path=tmp)
+        return pd.read_parquet(path)
+
+
+def _roc_auc(version: ModelVersion, test: pd.DataFrame) -> float:
+    model = load_model(version)
+    missing = sorted(set(model.feature_names) - set(test.columns))
+    if missing:
+        raise ModelRegistryError(
+            f"version {version.version} needs features {missing} that the challenger's test window lacks; "
+            "the two models cannot be compared on the same rows"
+        )
+    return float(roc_auc_score(test["label"], model.predict_proba(test)))
+
+
+def load_model(version: ModelVersion) -> ChurnModel:
+    return mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}").unwrap_python_model()
+
+
+def _record(client: MlflowClient, challenger: ModelVersion, decision: dict[str, Any]) -> None:
+    for key in ("decision", "challenger_roc_auc", "champion_roc_auc", "champion_version", "tolerance"):
+        client.set_model_version_tag(REGISTERED_MODEL, challenger.version, f"promotion.{key}", str(decision[key]))
+    client.set_model_version_tag(REGISTERED_MODEL, challenger.version, "promotion.decided_at", _now())
+
+
+def rollback(settings: Settings) -> dict[str, Any]:
+    """Give ``champion`` back to the previous champion; the version before that becomes the new previous."""
+    client = connect(settings)
+    with _registry_errors(settings):
+        current = version_by_alias(client, CHAMPION_ALIAS)
+        previous = version_by_alias(client, PREVIOUS_CHAMPION_ALIAS)
+        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, previous.version)
+        client.set_model_version_tag(REGISTERED_MODEL, current.version, "rolled_back_at", _now())
+        before = previous.tags.get(PREVIOUS_CHAMPION_TAG)
+        if before:
+            client.set_registered_model_alias(REGISTERED_MODEL, PREVIOUS_CHAMPION_ALIAS, before)
+        else:
+            client.delete_registered_model_alias(REGISTERED_MODEL, PREVIOUS_CHAMPION_ALIAS)
+    logger.info("rolled back champion from version %s to %s", current.version, previous.version)
+    return {
+        "champion_version": str(previous.version),
+        "rolled_back_version": str(current.version),
+        "previous_champion": before,
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def version_by_alias(client: MlflowClient, alias: str) -> ModelVersion:
+    version = _optional_version(client, alias)
+    if version is None:
+        raise ModelNotFound(f"no version of model {REGISTERED_MODEL!r} has alias {alias!r}")
+    return version
+
+
+def _optional_version(client: MlflowClient, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(REGISTERED_MODEL, alias)
+    except MlflowException as exc:
+        if exc.error_code in _NOT_FOUND:
+            return None
+        raise

@@ -1,0 +1,192 @@
+"""Fit, calibrate, threshold and evaluate a churn model on a point-in-time training frame.
+
+Pure computation: nothing here talks to MLflow, so a training set that cannot produce a model fails with
+``TrainingError`` before any run or model version exists.
+"""
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import is_numeric_dtype
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from churn_common.errors import TrainingError
+from churn_common.model import ChurnModel, RiskThresholds
+from churn_common.names import JOIN_KEY, TIMESTAMP_FIELD
+from training import models
+from training.evaluate import evaluate, slice_metrics
+from training.models import LABEL
+from training.split import TimeSplit, time_split
+
+logger = logging.getLogger(__name__)
+
+KEY_COLUMNS = (JOIN_KEY, TIMESTAMP_FIELD, LABEL)
+HIGH_RISK_SHARE, MEDIUM_RISK_SHARE = 0.10, 0.20
+DRIFT_BINS = 10
+
+
+@dataclass
+class TrainingResult:
+    model: ChurnModel
+    family: str
+    params: dict[str, Any]
+    split: TimeSplit
+    test_scores: np.ndarray
+    metrics: dict[str, float]
+    """Test metrics, plus ``cv_roc_auc`` and ``validation_*`` of each family under its own prefix."""
+    slices: pd.DataFrame
+    fingerprint: dict[str, Any]
+    reference_distributions: dict[str, Any] = field(repr=False)
+
+
+def train_churn_model(
+    frame: pd.DataFrame, horizon_days: int, ground_truth: pd.DataFrame | None = None
+) -> TrainingResult:
+    """``frame``: user_id, event_timestamp, label and the FeatureService's features. ``ground_truth``
+    (user_id, churn_propensity) only scores the oracle on the test rows; it never reaches the model."""
+    feature_names = _check_frame(frame)
+    split = time_split(frame, horizon_days)
+    for name, part in (("fit", split.fit), ("validation", split.validation), ("test", split.test)):
+        require_both_classes(part, f"the {name} slice")
+    family, params, pipeline, selection = _select(split, feature_names, horizon_days)
+    model = _package(split, feature_names, pipeline)
+    scores = model.predict_proba(split.test)
+    metrics = evaluate(split.test, scores, _oracle_scores(split.test, ground_truth)) | selection
+    logger.info("trained %s: test ROC-AUC %.4f, PR-AUC %.4f", family, metrics["roc_auc"], metrics["pr_auc"])
+    return TrainingResult(
+        model=model,
+        family=family,
+        params=params,
+        split=split,
+        test_scores=scores,
+        metrics=metrics,
+        slices=slice_metrics(split.test, scores),
+        fingerprint=fingerprint(frame),
+        reference_distributions=reference_distributions(split.fit, feature_names),
+    )
+
+
+def _check_frame(frame: pd.DataFrame) -> list[str]:
+    missing = [column for column in KEY_COLUMNS if column not in frame.columns]
+    if missing:
+        raise TrainingError(f"training frame misses columns {missing}")
+    if frame.empty:
+        raise TrainingError("training frame is empty: no labelled observations")
+    require_both_classes(frame, "the training frame")
+    feature_names = [column for column in frame.columns if column not in KEY_COLUMNS]
+    if not feature_names:
+        raise TrainingError("training frame has no feature columns")
+    return feature_names
+
+
+def require_both_classes(frame: pd.DataFrame, what: str) -> None:
+    classes = sorted(frame[LABEL].unique().tolist())
+    if classes != [0, 1]:
+        raise TrainingError(f"{what} needs both churners and non-churners, has labels {classes}")
+
+
+def _select(split: TimeSplit, feature_names: list[str], horizon_days: int) -> tuple[str, dict, Any, dict]:
+    """Best hyper-parameters per family by time-CV, then the family by validation ROC-AUC.
+    Returns the family, its parameters, its pipeline fitted on the fit slice, and the selection metrics."""
+    selection: dict[str, float] = {}
+    candidates = {}
+    for family in models.CANDIDATES:
+        searched = models.search(split.train, feature_names, family, horizon_days)
+        numeric, categorical = models.feature_kinds(split.fit, feature_names)
+        pipeline = models.build_pipeline(family, numeric, categorical, searched.params)
+        models.fit(pipeline, split.fit, feature_names)
+        held_out = pipeline.predict_proba(split.validation[feature_names])[:, 1]
+        labels = split.validation[LABEL]
+        selection[f"{family}.cv_roc_auc"] = searched.cv_roc_auc
+        selection[f"{family}.validation_roc_auc"] = float(roc_auc_score(labels, held_out))
+        selection[f"{family}.validation_pr_auc"] = float(average_precision_score(labels, held_out))
+        candidates[family] = (searched.params, pipeline)
+    family = max(candidates, key=lambda f: selection[f"{f}.validation_roc_auc"])
+    params, pipeline = candidates[family]
+    return family, params, pipeline, selection
+
+
+def _package(split: TimeSplit, feature_names: list[str], pipeline: Any) -> ChurnModel:
+    calibrated = models.calibrate(pipeline, split.validation, feature_names)
+    validation_scores = calibrated.predict_proba(split.validation[feature_names])[:, 1]
+    thresholds = RiskThresholds(
+        high=float(np.quantile(validation_scores, 1 - HIGH_RISK_SHARE)),
+        medium=float(np.quantile(validation_scores, 1 - HIGH_RISK_SHARE - MEDIUM_RISK_SHARE)),
+    )
+    return ChurnModel(calibrated, feature_names, thresholds, reference_values(split.fit, feature_names))
+
+
+def _oracle_scores(test: pd.DataFrame, ground_truth: pd.DataFrame | None) -> np.ndarray | None:
+    if ground_truth is None:
+        return None
+    propensity = test[[JOIN_KEY]].merge(ground_truth[[JOIN_KEY, "churn_propensity"]], on=JOIN_KEY, how="left")
+    if propensity["churn_propensity"].isna().any():
+        raise TrainingError("ground truth misses users of the test set; cannot score the oracle")
+    return propensity["churn_propensity"].to_numpy()
+
+
+def reference_values(frame: pd.DataFrame, feature_names: list[str]) -> dict[str, float | str]:
+    """The typical value of each feature in the training rows: median for numbers, mode for strings.
+    Reason codes measure how far a user's value moves the score away from this."""
+    values: dict[str, float | str] = {}
+    for name in feature_names:
+        column = frame[name]
+        if is_numeric_dtype(column):
+            values[name] = float(column.median()) if column.notna().any() else float("nan")
+        else:
+            values[name] = str(column.mode(dropna=True).sort_values().iloc[0])
+    return values
+
+
+def fingerprint(frame: pd.DataFrame) -> dict[str, Any]:
+    """Identifies the training set: same rows and values give the same sha256, whatever their order."""
+    ordered = frame.sort_values([JOIN_KEY, TIMESTAMP_FIELD]).reset_index(drop=True)
+    ordered = ordered[sorted(ordered.columns)]
+    digest = hashlib.sha256(pd.util.hash_pandas_object(ordered, index=False).to_numpy().tobytes())
+    digest.update(",".join(ordered.columns).encode())
+    return {
+        "rows": len(frame),
+        "users": int(frame[JOIN_KEY].nunique()),
+        "observation_times": int(frame[TIMESTAMP_FIELD].nunique()),
+        "time_min": frame[TIMESTAMP_FIELD].min().isoformat(),
+        "time_max": frame[TIMESTAMP_FIELD].max().isoformat(),
+        "label_rate": float(frame[LABEL].mean()),
+        "sha256": digest.hexdigest(),
+    }
+
+
+def reference_distributions(frame: pd.DataFrame, feature_names: list[str]) -> dict[str, Any]:
+    """Per-feature training distributions for drift checks (PSI). Numeric: decile bin edges whose outer
+    edges are -inf/+inf, so serving values outside the training range land in the end bins instead of
+    vanishing, plus the share of missing values. Categorical: the share of each training category."""
+    distributions: dict[str, Any] = {}
+    for name in feature_names:
+        column = frame[name]
+        if is_numeric_dtype(column):
+            distributions[name] = _numeric_distribution(column.astype("float64"))
+        else:
+            shares = column.astype(str).value_counts(normalize=True).sort_index()
+            distributions[name] = {"kind": "categorical", "proportions": shares.round(6).to_dict()}
+    return distributions
+
+
+def _numeric_distribution(column: pd.Series) -> dict[str, Any]:
+    present = column.dropna().to_numpy()
+    inner = np.unique(np.quantile(present, np.linspace(0, 1, DRIFT_BINS + 1)[1:-1])) if len(present) else []
+    edges = np.concatenate([[-np.inf], inner, [np.inf]])
+    # np.histogram bins are [a, b): a value equal to an inner edge counts in the bin above it.
+    counts = np.histogram(present, bins=edges)[0] if len(present) else np.zeros(len(edges) - 1)
+    return {
+        "kind": "numeric",
+        "bin_edges": [_json_float(edge) for edge in edges],
+        "proportions": [round(float(c) / max(len(present), 1), 6) for c in counts],
+        "missing_share": round(float(column.isna().mean()), 6),
+    }
+
+
+def _json_float(value: float) -> float | str:
+    return {np.inf: "inf", -np.inf: "-inf"}.get(value, float(value))
