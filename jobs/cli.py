@@ -7,7 +7,7 @@ import typer
 from churn_common.errors import ChurnError
 from churn_common.logging import configure_logging
 from churn_common.settings import Settings
-from jobs import data_commands, feast_commands, feature_commands, model_commands, serve_commands
+from jobs import data_commands, demo, feast_commands, feature_commands, model_commands, serve_commands
 
 app = typer.Typer(help="Churn prediction platform on Feast.", no_args_is_help=True, add_completion=False)
 app.add_typer(data_commands.app, name="data", help="Generate and validate raw events.")
@@ -16,6 +16,7 @@ app.add_typer(model_commands.model_app, name="model", help="Promote or roll back
 feast_commands.register(features_app=feature_commands.app, root=app)
 model_commands.register_top_level(app)
 serve_commands.register_top_level(app)
+app.command("demo")(demo.demo_command)
 
 
 @app.callback()

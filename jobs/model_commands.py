@@ -12,11 +12,9 @@ import typer
 from churn_common.errors import ChurnError
 from churn_common.names import FEATURE_SERVICE
 from churn_common.settings import Settings
-from churn_common.store import feature_store
-from training import registry
-from training.dataset import get_training_frame
-from training.labels import build_labels
-from training.train import require_both_classes, train_churn_model
+
+# Training modules (Feast, MLflow, scikit-learn) are imported inside the commands so that `churn --help` and the
+# other stages' commands do not pay for loading them.
 
 logger = logging.getLogger(__name__)
 
@@ -42,19 +40,30 @@ def train(
     feature_service: Annotated[str, typer.Option(help="FeatureService to train on.")] = FEATURE_SERVICE,
 ) -> None:
     """Label, build the point-in-time training set, train, and register the model as the challenger."""
-    settings = Settings()
     with _exit_on_error():
-        # Fail before hours of work when the tracking server is down or the labels cannot train a model.
-        registry.connect(settings)
-        labels = build_labels(settings)
-        require_both_classes(labels, "the labels")
-        frame = get_training_frame(feature_store(settings), labels, feature_service)
-        result = train_churn_model(frame, settings.label_horizon_days, _ground_truth(settings))
-        version = registry.log_and_register(settings, result, feature_service)
-        summary = {"registered_version": version.version, "model_family": result.family} | _headline(result.metrics)
-        if promote:
-            summary["promotion"] = registry.promote(settings)
+        summary = run_training(Settings(), feature_service, promote)
     _print_json(summary)
+
+
+def run_training(settings: Settings, feature_service: str, promote: bool) -> dict[str, Any]:
+    """Labels -> point-in-time training set -> model -> MLflow version (challenger), optionally promoted."""
+    from churn_common.store import feature_store
+    from training import registry
+    from training.dataset import get_training_frame
+    from training.labels import build_labels
+    from training.train import require_both_classes, train_churn_model
+
+    # Fail before hours of work when the tracking server is down or the labels cannot train a model.
+    registry.connect(settings)
+    labels = build_labels(settings)
+    require_both_classes(labels, "the labels")
+    frame = get_training_frame(feature_store(settings), labels, feature_service)
+    result = train_churn_model(frame, settings.label_horizon_days, _ground_truth(settings))
+    version = registry.log_and_register(settings, result, feature_service)
+    summary = {"registered_version": version.version, "model_family": result.family} | _headline(result.metrics)
+    if promote:
+        summary["promotion"] = registry.promote(settings)
+    return summary
 
 
 def _ground_truth(settings: Settings) -> pd.DataFrame | None:
@@ -73,6 +82,8 @@ def _headline(metrics: dict[str, float]) -> dict[str, float]:
 @model_app.command("promote")
 def promote() -> None:
     """Make the challenger the champion unless it is worse on the challenger's test window."""
+    from training import registry
+
     with _exit_on_error():
         decision = registry.promote(Settings())
     _print_json(decision)
@@ -81,6 +92,8 @@ def promote() -> None:
 @model_app.command("rollback")
 def rollback() -> None:
     """Give the champion alias back to the previous champion."""
+    from training import registry
+
     with _exit_on_error():
         outcome = registry.rollback(Settings())
     _print_json(outcome)

@@ -1,18 +1,20 @@
-"""``churn serve`` and ``churn demo``."""
+"""``churn serve``: the prediction API."""
 
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from churn_common.settings import Settings
-from serving.app import create_app
 
 
 def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request (costs latency under load).")] = False,
 ) -> None:
     """Serve the prediction API on settings.api_host:api_port (one process; scale with replicas)."""
+    import uvicorn
+
+    from serving.app import create_app
+
     settings = Settings()
     uvicorn.run(
         create_app(settings),
@@ -24,5 +26,5 @@ def serve(
 
 
 def register_top_level(root: typer.Typer) -> None:
-    """Mount ``churn serve`` and ``churn demo``."""
+    """Mount ``churn serve``."""
     root.command("serve")(serve)
