@@ -2,16 +2,19 @@
 
 Two readers share one interface. ``RedisFeatureReader`` reads Feast's Redis layout directly with redis.asyncio
 (one HMGET per user covering every view of the service), because Feast's ``get_online_features`` costs several
-milliseconds of Python per call. ``FeastFeatureReader`` goes through ``churn_common.online.read_online`` and
+milliseconds of Python per call. ``FeastFeatureReader`` goes through ``churn_common.online.OnlineReader`` and
 serves every other online store (the embedded SQLite profile). Both apply the offline ttl rule: a view whose
 newest value is older than its ttl at ``now`` reads as stale, its features as None.
 """
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 import anyio.to_thread
@@ -21,13 +24,14 @@ from feast import FeatureService, FeatureStore
 from feast.infra.key_encoding_utils import serialize_entity_key_prefix
 from feast.infra.online_stores.helpers import _mmh3
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
+from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.protos.feast.types.Value_pb2 import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from churn_common.errors import ConfigurationError, FeatureStoreUnavailable
 from churn_common.names import JOIN_KEY
-from churn_common.online import OnlineVector, is_fresh, read_online
+from churn_common.online import OnlineReader, OnlineVector, is_fresh
 
 logger = logging.getLogger(__name__)
 
@@ -166,13 +170,16 @@ class FeastFeatureReader:
     def __init__(self, store: FeatureStore, service: FeatureService, timeout_s: float):
         self._store = store
         self._service = service
+        self._reader = OnlineReader(store, service)
         self._timeout_s = timeout_s
+        # Feast's first read loads the registry and opens the store: paid here, not within a request's timeout.
+        self._reader.read([0], datetime.now(UTC))
         self._newest: datetime | None = None
 
     async def read(self, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]:
         try:
             async with asyncio.timeout(self._timeout_s):
-                vectors = await anyio.to_thread.run_sync(read_online, self._store, self._service, list(user_ids), now)
+                vectors = await anyio.to_thread.run_sync(self._reader.read, list(user_ids), now)
         except TimeoutError as exc:
             raise FeatureStoreUnavailable(f"online store did not answer within {self._timeout_s}s") from exc
         stamps = [vector.as_of for vector in vectors if vector.as_of is not None]
@@ -181,12 +188,27 @@ class FeastFeatureReader:
         return vectors
 
     async def newest_timestamp(self) -> datetime | None:
-        # Without a scan primitive in Feast's API, freshness is what reads have seen so far.
+        if self._newest is None and isinstance(self._store.config.online_store, SqliteOnlineStoreConfig):
+            self._newest = await anyio.to_thread.run_sync(_sqlite_newest, self._store, self._service)
+        # Other stores have no scan primitive in Feast's API: freshness is what reads have seen so far.
         return self._newest
 
 
-def redis_client(store: FeatureStore) -> aioredis.Redis | None:
-    """An asyncio client for the store's Redis, parsed exactly as Feast parses its connection string.
+def _sqlite_newest(store: FeatureStore, service: FeatureService) -> datetime | None:
+    """The oldest of the views' newest snapshot times in Feast's SQLite tables (one table per project and view)."""
+    path = Path(store.config.online_store.path)
+    database = path if path.is_absolute() else Path(store.repo_path) / path
+    with closing(sqlite3.connect(database)) as con:
+        newest = [
+            con.execute(f'SELECT max(event_ts) FROM "{store.project}_{p.name}"').fetchone()[0]
+            for p in service.feature_view_projections
+        ]
+    return None if not newest or None in newest else datetime.fromtimestamp(min(newest), UTC)
+
+
+def redis_client(store: FeatureStore, max_connections: int | None = None) -> aioredis.Redis | None:
+    """An asyncio client for the store's Redis, parsed exactly as Feast parses its connection string, holding at
+    most ``max_connections`` connections (past that a call fails as unavailable instead of opening more).
 
     None when the online store is not a single Redis node (then reads go through Feast)."""
     config = store.config.online_store
@@ -196,7 +218,7 @@ def redis_client(store: FeatureStore) -> aioredis.Redis | None:
     if store.config.entity_key_serialization_version != 3:
         raise ConfigurationError("the direct Redis reader needs entity_key_serialization_version 3")
     nodes, kwargs = RedisOnlineStore._parse_connection_string(config.connection_string)
-    return aioredis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **kwargs)
+    return aioredis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), max_connections=max_connections, **kwargs)
 
 
 def make_reader(

@@ -8,7 +8,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
@@ -24,6 +24,7 @@ from churn_common.model import ChurnModel
 from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE_TAG, REGISTERED_MODEL
 from churn_common.store import get_feature_service
 from serving.features import FeatureReader
+from serving.scoring import BatchScorer, VectorScorer
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,13 @@ class ScoreCache:
             self._entries.move_to_end(key)
         return value
 
+    @property
+    def enabled(self) -> bool:
+        return self._size > 0
+
     def put(self, key: tuple, value: Any) -> None:
+        if not self.enabled:
+            return
         self._entries[key] = value
         if len(self._entries) > self._size:
             self._entries.popitem(last=False)
@@ -62,7 +69,8 @@ class Champion:
     schema: ServiceSchema
     reader: FeatureReader
     view_count: int
-    scores: ScoreCache = field(default_factory=lambda: ScoreCache(SCORE_CACHE_SIZE))
+    scores: ScoreCache
+    scorer: BatchScorer
 
 
 @dataclass
@@ -77,8 +85,15 @@ ReaderFactory = Callable[[FeatureStore, FeatureService], FeatureReader]
 class ChampionLoader:
     """Resolves ``models:/<name>@champion`` and builds a Champion from it (blocking; run in a thread)."""
 
-    def __init__(self, tracking_uri: str, store: FeatureStore, make_reader: ReaderFactory) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        store: FeatureStore,
+        make_reader: ReaderFactory,
+        score_cache_size: int = SCORE_CACHE_SIZE,
+    ) -> None:
         self._client = mlflow.MlflowClient(tracking_uri)
+        self._score_cache_size = score_cache_size
         self._tracking_uri = tracking_uri
         self._store = store
         self._make_reader = make_reader
@@ -104,7 +119,19 @@ class ChampionLoader:
             raise ConfigurationError(f"model {version.version} needs features {unknown} not in {service_name}")
         reader = self._make_reader(self._store, service)
         views = len(service.feature_view_projections)
-        return Champion(model, version.name, str(version.version), CHAMPION_ALIAS, service_name, schema, reader, views)
+        scores, scorer = ScoreCache(self._score_cache_size), BatchScorer(VectorScorer(model, schema))
+        return Champion(
+            model,
+            version.name,
+            str(version.version),
+            CHAMPION_ALIAS,
+            service_name,
+            schema,
+            reader,
+            views,
+            scores,
+            scorer,
+        )
 
     def _load_model(self, version: ModelVersion) -> ChurnModel:
         uri = f"models:/{version.name}/{version.version}"

@@ -1,24 +1,14 @@
 """From online vectors to predictions: the checks a vector must pass, scoring, reasons and the response body."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
-import anyio.to_thread
-import pandas as pd
 from fastapi import HTTPException, status
 
-from churn_common.feature_frame import normalize
 from churn_common.online import OnlineVector
 from serving.model_loader import Champion
-from serving.schemas import ModelRef, Prediction, PredictionError, Reason
-
-
-@dataclass(frozen=True)
-class Scored:
-    probability: float
-    band: str
-    reasons: tuple[Reason, ...]
+from serving.schemas import ModelRef, Prediction, PredictionError
+from serving.scoring import Scored
 
 
 def check_vector(vector: OnlineVector, view_count: int, now: datetime) -> None:
@@ -36,31 +26,20 @@ def check_vector(vector: OnlineVector, view_count: int, now: datetime) -> None:
 
 async def score(champion: Champion, vectors: Sequence[OnlineVector]) -> list[Scored]:
     """Scores with reasons. A champion's results are cached by the exact model inputs, which fully decide them."""
+    cache = champion.scores
+    if not cache.enabled:
+        return await champion.scorer.score(vectors)
     names = champion.model.feature_names
     keys = [tuple(vector.features[name] for name in names) for vector in vectors]
-    cached = [champion.scores.get(key) for key in keys]
+    cached = [cache.get(key) for key in keys]
     todo = [i for i, result in enumerate(cached) if result is None]
     fresh: dict[int, Scored] = {}
     if todo:
-        # Uncached scoring is pandas/sklearn work of tens of milliseconds; on a worker thread the event loop
-        # keeps answering (and timing) other requests' Redis reads meanwhile.
-        computed = await anyio.to_thread.run_sync(_score_uncached, champion, [vectors[i] for i in todo])
+        computed = await champion.scorer.score([vectors[i] for i in todo])
         for i, scored in zip(todo, computed, strict=True):
-            champion.scores.put(keys[i], scored)
+            cache.put(keys[i], scored)
             fresh[i] = scored
     return [fresh[i] if result is None else result for i, result in enumerate(cached)]
-
-
-def _score_uncached(champion: Champion, vectors: Sequence[OnlineVector]) -> list[Scored]:
-    records = [vector.features for vector in vectors]
-    frame = normalize(pd.DataFrame.from_records(records, columns=champion.schema.features), champion.schema)
-    model = champion.model
-    probabilities = model.predict_proba(frame)
-    explanations = model.explain(frame, top_k=3)
-    return [
-        Scored(float(p), model.risk_band(float(p)), tuple(Reason(**reason) for reason in reasons))
-        for p, reasons in zip(probabilities, explanations, strict=True)
-    ]
 
 
 def to_prediction(champion: Champion, vector: OnlineVector, scored: Scored) -> Prediction:

@@ -158,26 +158,28 @@ def server_env(settings: Settings, **overrides: str) -> dict[str, str]:
 
 
 @contextmanager
-def running_server(env: dict[str, str], *, via_cli: bool = False) -> Iterator[str]:
-    """A real uvicorn process (one worker) on a free port serving the app factory, or ``churn serve`` itself
+def running_server(
+    env: dict[str, str], *, via_cli: bool = False, factory: str = "serving.app:create_app"
+) -> Iterator[str]:
+    """A real uvicorn process (one worker) on a free port serving the app ``factory``, or ``churn serve`` itself
     with ``via_cli`` (slower to start: the CLI imports every stage). Yields the base URL."""
     port = free_port()
     if via_cli:
         command = [str(Path(sys.executable).with_name("churn")), "--log-level", "WARNING", "serve"]
     else:
-        command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--port", str(port)]
+        command = [sys.executable, "-m", "uvicorn", factory, "--factory", "--port", str(port)]
         command += ["--log-level", "warning", "--no-access-log"]
     process = subprocess.Popen(command, env={**env, "CHURN_API_PORT": str(port)}, cwd=PROJECT_ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(base, process)
+        wait_healthy(base, process)
         yield base
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
-def _wait_healthy(base: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:
+def wait_healthy(base: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:
     # Generous: importing Feast, MLflow and sklearn takes tens of seconds on a busy two-core CI machine.
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
