@@ -6,10 +6,12 @@ For each size it writes a random validated users/events table set (vectorised nu
 propensity, Bernoulli active days, 1 + Poisson events on an active day, ~1.5 events per user-day), then runs,
 each in its own subprocess so peak RSS is the job's own: (1) the reference, ``COPY (SELECT user_id,
 date_trunc('day', event_timestamp) d, count(*) FROM events GROUP BY ALL) TO parquet``; (2) the feature build.
-It prints wall time, peak RSS, the ratio to the reference and the time per user-day, then deletes the data.
+It prints wall time, peak RSS, the ratio to the reference, the time per user-day and the 1-minute load average
+before and after the build (the machine is shared), then deletes the data.
 """
 
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -148,8 +150,10 @@ def run(
         data_dir = Path(tempfile.mkdtemp(prefix="bench-features-"))
         try:
             events = generate(data_dir, n_users, days)
+            load_before = os.getloadavg()[0]
             ref = _measure("reference", data_dir)
             got = _measure("build", data_dir)
+            load_after = os.getloadavg()[0]
         finally:
             shutil.rmtree(data_dir)
         per_user_day_us = got["seconds"] / (n_users * days) * 1e6
@@ -157,7 +161,7 @@ def run(
             f"{n_users:>7} users x {days} days, {events:,} events, {got['rows']:,} snapshot rows: "
             f"build {got['seconds']:.1f} s ({got['seconds'] / ref['seconds']:.1f}x reference "
             f"{ref['seconds']:.2f} s), {per_user_day_us:.2f} us per user-day, peak RSS {got['rss_mib']:.0f} MiB "
-            f"(reference {ref['rss_mib']:.0f} MiB)"
+            f"(reference {ref['rss_mib']:.0f} MiB), load average {load_before:.1f} -> {load_after:.1f}"
         )
 
 

@@ -12,13 +12,18 @@ Two outputs, both partitioned ``date=YYYY-MM-DD/part-0.parquet``:
   ``max(event_timestamp, latest ingested_at among the events of the longest window)``, the instant the row's
   inputs were complete, so rebuilding with a late event moves it later and re-runs are byte-identical.
 
-How: DuckDB reads the events once and aggregates them into a sparse table of one row per user and day with
-events (``daily``, sorted by day). The snapshot days are then produced in day order from per-user running
-window sums: day D's aggregates are added and, for each window w, day D-w's are subtracted, which is the
-"cumulative sum differenced by day" over a complete user x calendar-day grid without materialising that grid
-(DuckDB's window operator needed ~10 s for 13 running sums over 1.5M rows on the 2-core box, i.e. minutes
-for a year of 100k users). Values are summed as integer micro-units (``round(value * 1e6)``), so every sum
-is exact and independent of where a build starts: an incremental build gives the same bytes as a full one.
+How: the days are processed in spans of ``SPAN_DAYS``. For each span DuckDB reads that span's event
+partitions once and aggregates them into a sparse table of one row per user and day with events (``daily``),
+from which the span's ``user_daily`` partitions are written and which is then read back once, in day order.
+The snapshot days are produced in day order from per-user running window sums held in numpy: day D's
+aggregates are added and, for each window w, day D-w's are subtracted, which is the "cumulative sum
+differenced by day" over a complete user x calendar-day grid without materialising that grid (DuckDB's window
+operator needed ~10 s for 13 running sums over 1.5M rows on the 2-core box, i.e. minutes for a year of 100k
+users). Values are summed as integer micro-units (``round(value * 1e6)``), so every sum is exact and
+independent of where a build starts: an incremental build gives the same bytes as a full one. Each batch of
+day tables is checked with the snapshot schema's rules, vectorised over every row, before it is written
+(pandera itself checks the first day of every build). Parquet files are written on a thread pool, overlapped
+with the next days' computation.
 Events of user ids missing from the users table are ignored (the validation gate quarantines them).
 """
 
@@ -27,7 +32,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -45,6 +50,7 @@ from transformations.snapshot_schema import (
     RECENCY,
     TENURE,
     USER_ATTRIBUTES,
+    check_arrow,
     snapshot_columns,
     snapshot_schema,
     to_frame,
@@ -65,9 +71,10 @@ NEVER = np.iinfo(np.int64).min
 TS_US_UTC = pa.timestamp("us", tz="UTC")
 PART_FILE = "part-0.parquet"
 TREND_DAYS = 7
-# Snapshot rows checked by pandera at once (bounds the pandas copy), and days of user_daily fetched at once.
+# Snapshot rows checked at once (fewer, larger pyarrow.compute calls) and handed to the writer together.
 CHUNK_ROWS = 500_000
-USER_DAILY_SPAN_DAYS = 30
+# Days aggregated by one DuckDB query: bounds its memory, whatever the number of days built.
+SPAN_DAYS = 30
 DUCKDB_MEMORY_LIMIT = "1GB"
 
 
@@ -116,34 +123,36 @@ def _metrics(catalog: EventCatalog) -> list[str]:
     return metrics
 
 
+# The UTC day number of an instant. Casting the TIMESTAMPTZ to DATE gives the same number but goes through the
+# time-zone library for every row (~2 s per 3.5M events); reading its microseconds as a naive timestamp does not.
+_DAY_NUMBER = "make_timestamp(epoch_us(event_timestamp))::DATE - DATE '1970-01-01'"
+
+
 def _daily_sql(catalog: EventCatalog) -> str:
-    """Per user and day: first one row per event type (a small GROUP BY on the raw events), then pivoted."""
+    """Per user and day: one GROUP BY over the events of the span, pivoting the event types with FILTERs."""
     codes = " ".join(f"WHEN {_literal(t.name)} THEN {i}" for i, t in enumerate(catalog.event_types))
     activity = ", ".join(str(catalog.names.index(name)) for name in catalog.activity_types)
     pivoted = []
     for i, event_type in enumerate(catalog.event_types):
-        pivoted.append(f"coalesce(sum(events) FILTER (WHERE code = {i}), 0)::BIGINT AS c{i}")
+        pivoted.append(f"count(*) FILTER (WHERE code = {i}) AS c{i}")
         if event_type.has_value:
             pivoted.append(f"coalesce(sum(micro) FILTER (WHERE code = {i}), 0)::BIGINT AS v{i}")
-            pivoted.append(f"coalesce(sum(valued) FILTER (WHERE code = {i}), 0)::BIGINT AS n{i}")
-    # Sorted by day so that fetching one day reads only the row groups holding it.
+            pivoted.append(f"count(micro) FILTER (WHERE code = {i}) AS n{i}")
+    # The type name is compared once per event (CASE), the pivot FILTERs compare small integers.
     return f"""
         CREATE OR REPLACE TEMP TABLE daily AS
-        WITH per_type AS (
-            SELECT user_id, CAST(event_timestamp AS DATE) - DATE '1970-01-01' AS dn,
-                   CASE event_type {codes} END AS code, count(*) AS events,
-                   sum(round(value * {VALUE_SCALE})) AS micro, count(value) AS valued,
-                   max(ingested_at) AS max_ingested_at
+        WITH coded AS (
+            SELECT user_id, {_DAY_NUMBER} AS dn, CASE event_type {codes} END AS code,
+                   round(value * {VALUE_SCALE}) AS micro, ingested_at
             FROM read_parquet($events, hive_partitioning = true)
             WHERE date BETWEEN $first - 1 AND $last + 1
               AND event_timestamp >= $first::TIMESTAMPTZ AND event_timestamp < ($last + 1)::TIMESTAMPTZ
               AND event_type IN ({", ".join(_literal(name) for name in catalog.names)})
-            GROUP BY ALL
         )
         SELECT user_id, dn, bool_or(code IN ({activity})) AS is_active,
                CAST(bool_or(code IN ({activity})) AS BIGINT) AS act, {", ".join(pivoted)},
-               max(max_ingested_at) AS max_ingested_at, epoch_us(max(max_ingested_at)) AS ingested_us
-        FROM per_type GROUP BY user_id, dn ORDER BY dn, user_id
+               max(ingested_at) AS max_ingested_at, epoch_us(max(ingested_at)) AS ingested_us
+        FROM coded GROUP BY user_id, dn
     """
 
 
@@ -151,8 +160,7 @@ def _prior_activity_sql(catalog: EventCatalog) -> str:
     """Last activity day per user before the history read for the windows (recency looks back forever)."""
     activity = ", ".join(_literal(name) for name in catalog.activity_types)
     return f"""
-        CREATE OR REPLACE TEMP TABLE prior_activity AS
-        SELECT user_id, max(CAST(event_timestamp AS DATE) - DATE '1970-01-01') AS last_active_dn
+        SELECT user_id, max({_DAY_NUMBER}) AS last_active_dn
         FROM read_parquet($events, hive_partitioning = true)
         WHERE date <= $before AND event_timestamp < $before::TIMESTAMPTZ AND event_type IN ({activity})
         GROUP BY ALL
@@ -198,7 +206,7 @@ class _Users:
 
 @dataclass
 class _Day:
-    """The sparse daily aggregates of one day: user positions, metric matrix, late-ingest rows."""
+    """The sparse daily aggregates of one day: user positions, (metric, row) matrix, late-ingest rows."""
 
     index: np.ndarray
     metrics: np.ndarray
@@ -207,45 +215,64 @@ class _Day:
 
 
 class _RollingState:
-    """Per-user window sums over the days fed so far, updated by adding the new day and subtracting the day
-    that leaves each window: integer arithmetic over calendar days, exact whatever the day a build starts."""
+    """Per-user window sums over the days fed so far: integer arithmetic over calendar days, exact whatever the
+    day a build starts. The sum over a frame is the running total of every day fed minus the running total of
+    the days that have left that frame, so a new day is added once, not once per frame."""
 
     def __init__(self, catalog: EventCatalog, users: _Users, prior_active: np.ndarray) -> None:
         self.frames = _frames(catalog)
         self.metrics = _metrics(catalog)
-        # (user, frame, metric): one day's update and one day's read touch contiguous rows.
-        self.sums = np.zeros((users.ids.size, len(self.frames), len(self.metrics)), dtype=np.int64)
+        # (metric, user): a day's update scatters into, and its read gathers from, one contiguous row per
+        # metric, so every output column comes out contiguous (Arrow wraps it without a copy).
+        self.total = np.zeros((len(self.metrics), users.ids.size), dtype=np.int64)
+        self.left = np.zeros((len(self.frames), len(self.metrics), users.ids.size), dtype=np.int64)
         self.last_active = prior_active
         self.ring: dict[int, _Day] = {}
+        self.late_days: set[int] = set()
 
     def add(self, dn: int, day: _Day) -> None:
-        self.sums[day.index] += day.metrics.T[:, None, :]
-        for slot, frame in enumerate(self.frames):
+        _scatter_add(self.total, day.index, day.metrics)
+        for left, frame in zip(self.left, self.frames, strict=True):
             leaving = self.ring.get(dn - frame)
             if leaving is not None:
-                self.sums[leaving.index, slot] -= leaving.metrics.T
+                _scatter_add(left, leaving.index, leaving.metrics)
         active = day.index[day.metrics[0] > 0]
         self.last_active[active] = dn
         self.ring[dn] = day
+        if day.late_index.size:
+            self.late_days.add(dn)
         self.ring.pop(dn - self.frames[-1], None)
+        self.late_days.discard(dn - self.frames[-1])
 
     def sums_of(self, rows: np.ndarray) -> Callable[[int], SumOf]:
         """For the users at ``rows``: frame -> (metric -> its sum over that frame)."""
-        block = self.sums[rows]
-        return lambda frame: lambda metric: block[:, self.frames.index(frame), self.metrics.index(metric)]
+        total = np.take(self.total, rows, axis=1)
+        blocks = {
+            frame: total - np.take(left, rows, axis=1) for left, frame in zip(self.left, self.frames, strict=True)
+        }
+        return lambda frame: lambda metric: blocks[frame][self.metrics.index(metric)]
 
-    def created_us(self, dn: int, end_us: int, window: int, rows: np.ndarray, position: np.ndarray) -> np.ndarray:
+    def created_us(self, dn: int, end_us: int, window: int, users: int, rows: np.ndarray) -> np.ndarray:
         """max(end of day, latest ingest among the events of the longest window), per output row."""
         created = np.full(rows.size, end_us, dtype=np.int64)
-        for day_number in range(dn - window + 1, dn + 1):
-            day = self.ring.get(day_number)
-            if day is None or day.late_index.size == 0:
-                continue
+        late_days = [d for d in self.late_days if dn - window < d <= dn]
+        if not late_days:
+            return created
+        position = np.full(users, -1, dtype=np.int64)
+        position[rows] = np.arange(rows.size)
+        for day_number in late_days:
+            day = self.ring[day_number]
             later = day.late_ingested > end_us
             hit = position[day.late_index[later]]
             keep = hit >= 0
             np.maximum.at(created, hit[keep], day.late_ingested[later][keep])
         return created
+
+
+def _scatter_add(sums: np.ndarray, index: np.ndarray, metrics: np.ndarray) -> None:
+    """``sums[:, index] += metrics``, row by row: numpy's fancy indexing on the last axis takes twice as long."""
+    for row, values in zip(sums, metrics, strict=True):
+        row[index] += values
 
 
 def _stem_values(catalog: EventCatalog) -> dict[str, StemValue]:
@@ -282,9 +309,7 @@ def _column(values: np.ndarray) -> pa.Array:
 def _day_table(catalog: EventCatalog, state: _RollingState, users: _Users, dn: int, rows: np.ndarray) -> pa.Table:
     """The snapshot rows of day ``dn`` for the users at positions ``rows`` (ascending user_id)."""
     stems, end_us = _stem_values(catalog), (dn + 1) * DAY_US
-    position = np.full(users.ids.size, -1, dtype=np.int64)
-    position[rows] = np.arange(rows.size)
-    created = state.created_us(dn, end_us, max(catalog.windows), rows, position)
+    created = state.created_us(dn, end_us, max(catalog.windows), users.ids.size, rows)
     columns = {
         JOIN_KEY: pa.array(users.ids[rows]),
         TIMESTAMP_FIELD: pa.array(np.full(rows.size, end_us), TS_US_UTC),
@@ -383,25 +408,32 @@ def _write_atomically(table: pa.Table, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp")
     try:
-        pq.write_table(table, temporary)
+        pq.write_table(table, temporary, use_dictionary=_dictionary_columns(table.schema))
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def _write_days(table: pa.Table, first: date, last: date, root: Path) -> None:
-    """Write one partition per day of ``table`` (sorted by its leading ``dn`` column); drop days left empty."""
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Columns worth dictionary-encoding: not the unique user ids, and not floats (value sums and means are
+    mostly distinct; encoding them took 2-3x the time of plain encoding and gave larger files)."""
+    return [column.name for column in schema if column.name != JOIN_KEY and not pa.types.is_floating(column.type)]
+
+
+def _day_files(table: pa.Table, first: date, last: date, root: Path) -> list[tuple[Path, pa.Table | None]]:
+    """One partition per day of ``table`` (sorted by its leading ``dn`` column); None for days left empty."""
     day_numbers = table.column("dn").to_numpy()
     body = table.drop_columns(["dn"])
+    files = []
     for day in _days(first, last):
         number = (day - EPOCH).days
         lo, hi = np.searchsorted(day_numbers, [number, number + 1])
-        target = root / f"date={day.isoformat()}" / PART_FILE
-        if lo == hi:
-            target.unlink(missing_ok=True)
-            continue
-        # One contiguous chunk per file: the writer's page layout must not depend on how DuckDB batched rows.
-        _write_atomically(body.slice(lo, hi - lo).combine_chunks(), target)
+        files.append((_partition(root, number), body.slice(lo, hi - lo) if hi > lo else None))
+    return files
+
+
+def _partition(root: Path, dn: int) -> Path:
+    return root / f"date={(EPOCH + timedelta(days=dn)).isoformat()}" / PART_FILE
 
 
 def _days(first: date, last: date) -> Iterator[date]:
@@ -433,40 +465,38 @@ def _positions(users: _Users, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndar
     return position, users.ids[position] == user_ids if users.ids.size else np.zeros(0, dtype=bool)
 
 
-def _prior_active(con: duckdb.DuckDBPyConnection, users: _Users) -> np.ndarray:
-    prior = con.execute("SELECT user_id, last_active_dn FROM prior_activity").to_arrow_table()
+def _prior_active(
+    con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, plan: _Plan, users: _Users
+) -> np.ndarray:
+    bounds = {"events": _events_glob(paths), "before": plan.history_start}
+    prior = con.execute(_prior_activity_sql(catalog), bounds).to_arrow_table()
     last_active = np.full(users.ids.size, NEVER, dtype=np.int64)
     position, known = _positions(users, prior.column(0).to_numpy())
     last_active[position[known]] = prior.column(1).to_numpy()[known]
     return last_active
 
 
-def _fetch_day(con: duckdb.DuckDBPyConnection, users: _Users, metrics: list[str], dn: int) -> _Day:
-    table = con.execute(
-        f"SELECT user_id, ingested_us, {', '.join(metrics)} FROM daily WHERE dn = $dn", {"dn": dn}
-    ).to_arrow_table()
-    position, known = _positions(users, table.column(0).to_numpy())
-    values = np.vstack([table.column(m).to_numpy() for m in metrics]).reshape(len(metrics), -1)
-    ingested = table.column(1).to_numpy()
-    # Events known only after the end of their own day push `created` of the rows that include them.
-    late = known & (ingested > (dn + 1) * DAY_US)
-    return _Day(position[known], values[:, known], position[late], ingested[late])
+def _load_span(
+    con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, first: date, last: date
+) -> None:
+    con.execute(_daily_sql(catalog), {"events": _events_glob(paths), "first": first, "last": last})
 
 
 class _Writer:
-    """Writes day partitions on a thread pool while the next days are computed; at most one batch in flight."""
+    """Writes partitions on a thread pool while the next days are computed; at most one batch in flight."""
 
-    def __init__(self, root: Path, executor: ThreadPoolExecutor) -> None:
-        self.root, self.executor = root, executor
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
+        self.executor = executor
         self.in_flight: list[Future] = []
 
-    def submit(self, pending: list[tuple[int, pa.Table]]) -> None:
+    def submit(self, files: list[tuple[Path, pa.Table | None]]) -> None:
+        """Write each table to its path, or delete the file where the table is None."""
         self.wait()
-        for dn, table in pending:
-            target = self.root / f"date={(EPOCH + timedelta(days=dn)).isoformat()}" / PART_FILE
-            if table.num_rows == 0:
+        for target, table in files:
+            if table is None:
                 target.unlink(missing_ok=True)
             else:
+                # One contiguous chunk per file: the page layout must not depend on how the rows were batched.
                 self.in_flight.append(self.executor.submit(_write_atomically, table.combine_chunks(), target))
 
     def wait(self) -> None:
@@ -475,39 +505,76 @@ class _Writer:
         self.in_flight = []
 
 
-def _flush(pending: list[tuple[int, pa.Table]], schema: DataFrameSchema, writer: _Writer) -> int:
-    """Check the pending day tables against the snapshot schema, then hand them to the writer."""
-    combined = pa.concat_tables([table for _, table in pending])
-    validate_snapshots(to_frame(combined), schema)
-    writer.submit(list(pending))
-    pending.clear()
-    return combined.num_rows
+def _write_user_daily(
+    con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, first: date, last: date, writer: _Writer
+) -> None:
+    bounds = {"first": (first - EPOCH).days, "last": (last - EPOCH).days}
+    table = con.execute(_user_daily_sql(catalog), bounds).to_arrow_table()
+    writer.submit(_day_files(table, first, last, paths.user_daily))
 
 
-def _build_snapshots(
+def _span_days(
+    con: duckdb.DuckDBPyConnection, users: _Users, metrics: list[str], first: date, last: date
+) -> Iterator[tuple[int, _Day]]:
+    """The loaded span's aggregates, read once in day order and cut into days (empty ones included)."""
+    table = con.execute(f"SELECT dn, user_id, ingested_us, {', '.join(metrics)} FROM daily ORDER BY dn, user_id")
+    table = table.to_arrow_table()
+    position, known = _positions(users, table.column("user_id").to_numpy())
+    day_numbers, position = table.column("dn").to_numpy()[known], position[known]
+    ingested = table.column("ingested_us").to_numpy()[known]
+    # (metric, row): one day is a column slice, scattered into the (metric, user) totals as it is.
+    values = np.vstack([table.column(m).to_numpy()[known] for m in metrics]).reshape(len(metrics), -1)
+    first_dn, last_dn = (first - EPOCH).days, (last - EPOCH).days
+    starts = np.searchsorted(day_numbers, np.arange(first_dn, last_dn + 2))
+    for dn, lo, hi in zip(range(first_dn, last_dn + 1), starts[:-1], starts[1:], strict=True):
+        # Events known only after the end of their own day push `created` of the rows that include them.
+        late = ingested[lo:hi] > (dn + 1) * DAY_US
+        yield dn, _Day(position[lo:hi], values[:, lo:hi], position[lo:hi][late], ingested[lo:hi][late])
+
+
+@dataclass
+class _Snapshots:
+    """Collects day tables, checks each batch against the snapshot schema and hands it to the writer."""
+
+    schema: DataFrameSchema
+    writer: _Writer
+    root: Path
+    pending: list[tuple[int, pa.Table]] = field(default_factory=list)
+    rows: int = 0
+
+    def add(self, dn: int, table: pa.Table, last: bool) -> None:
+        if self.rows == 0 and not self.pending:
+            # pandera itself on the first day of every build (a deterministic sample: the contract's own
+            # implementation); check_arrow enforces the same rules on every row, vectorised.
+            validate_snapshots(to_frame(table), self.schema)
+        self.pending.append((dn, table))
+        rows = sum(t.num_rows for _, t in self.pending)
+        if last or rows >= CHUNK_ROWS:
+            check_arrow(pa.concat_tables([t for _, t in self.pending]), self.schema)
+            self.writer.submit([(_partition(self.root, n), t if t.num_rows else None) for n, t in self.pending])
+            self.rows += rows
+            self.pending = []
+
+
+def _build(
     con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, plan: _Plan, writer: _Writer
 ) -> int:
+    """Build span by span: user_daily partitions and snapshot partitions; return the snapshot rows written."""
     users = _load_users(con, paths)
-    state = _RollingState(catalog, users, _prior_active(con, users))
-    schema, pending, written = snapshot_schema(catalog), [], 0
+    state = _RollingState(catalog, users, _prior_active(con, catalog, paths, plan, users))
+    snapshots = _Snapshots(snapshot_schema(catalog), writer, paths.snapshots)
     first, last = (plan.first_day - EPOCH).days, (plan.last_day - EPOCH).days
-    for dn in range((plan.history_start - EPOCH).days, last + 1):
-        state.add(dn, _fetch_day(con, users, state.metrics, dn))
-        if dn < first:
-            continue
-        rows = np.flatnonzero((users.signup_dn <= dn) & (users.last_dn >= dn))
-        pending.append((dn, _day_table(catalog, state, users, dn, rows)))
-        if sum(table.num_rows for _, table in pending) >= CHUNK_ROWS or dn == last:
-            written += _flush(pending, schema, writer)
+    for span_first, span_last in _spans(plan.history_start, plan.last_day, SPAN_DAYS):
+        _load_span(con, catalog, paths, span_first, span_last)
+        if span_last >= plan.first_day:
+            _write_user_daily(con, catalog, paths, max(span_first, plan.first_day), span_last, writer)
+        for dn, day in _span_days(con, users, state.metrics, span_first, span_last):
+            state.add(dn, day)
+            if dn >= first:
+                rows = np.flatnonzero((users.signup_dn <= dn) & (users.last_dn >= dn))
+                snapshots.add(dn, _day_table(catalog, state, users, dn, rows), dn == last)
     writer.wait()
-    return written
-
-
-def _build_user_daily(con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, plan: _Plan) -> None:
-    sql = _user_daily_sql(catalog)
-    for first, last in _spans(plan.first_day, plan.last_day, USER_DAILY_SPAN_DAYS):
-        bounds = {"first": (first - EPOCH).days, "last": (last - EPOCH).days}
-        _write_days(con.execute(sql, bounds).to_arrow_table(), first, last, paths.user_daily)
+    return snapshots.rows
 
 
 def _spans(first: date, last: date, days: int) -> Iterator[tuple[date, date]]:
@@ -515,12 +582,6 @@ def _spans(first: date, last: date, days: int) -> Iterator[tuple[date, date]]:
         end = min(last, first + timedelta(days=days - 1))
         yield first, end
         first = end + timedelta(days=1)
-
-
-def _load_daily(con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, plan: _Plan) -> None:
-    events = _events_glob(paths)
-    con.execute(_daily_sql(catalog), {"events": events, "first": plan.history_start, "last": plan.last_day})
-    con.execute(_prior_activity_sql(catalog), {"events": events, "before": plan.history_start})
 
 
 def _summarise(con: duckdb.DuckDBPyConnection, paths: DataPaths, plan: _Plan, columns: int) -> BuildSummary:
@@ -548,10 +609,8 @@ def build_features(
             _check_columns(con, _events_glob(paths), _EVENT_TYPES)
             _check_columns(con, str(paths.users), _USER_TYPES)
             plan = _plan(*_data_days(con, paths), settings, start, end, _lookback(catalog))
-            _load_daily(con, catalog, paths, plan)
-            _build_user_daily(con, catalog, paths, plan)
             with ThreadPoolExecutor(max_workers=os.cpu_count()) as executor:
-                rows = _build_snapshots(con, catalog, paths, plan, _Writer(paths.snapshots, executor))
+                rows = _build(con, catalog, paths, plan, _Writer(executor))
             logger.info("rebuilt %s..%s: %d snapshot rows", plan.first_day, plan.last_day, rows)
             return _summarise(con, paths, plan, len(snapshot_columns(catalog)))
         finally:

@@ -2,11 +2,17 @@
 
 The feature build checks every table against it before writing, so Feast never reads a snapshot with a
 negative count, a ratio outside [0, 1], a duplicate (user, day) or a nanosecond / naive timestamp.
+:func:`check_arrow` enforces the same rules, read off the pandera schema, on the Arrow table with
+``pyarrow.compute`` (every row, no pandas copy); the build also runs pandera itself on its first day.
 """
+
+from collections.abc import Callable
 
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow
+import pyarrow.compute as pc
+from pandera.engines import pandas_engine
 from pandera.errors import SchemaError as PanderaSchemaError
 from pandera.errors import SchemaErrors as PanderaSchemaErrors
 
@@ -20,6 +26,9 @@ STRING = pd.StringDtype("pyarrow")
 USER_ATTRIBUTES = ("plan", "country", "acquisition_channel")
 RECENCY = "days_since_last_activity"
 TENURE = "tenure_days"
+
+
+CREATED_AFTER_END = f"{CREATED_TIMESTAMP_FIELD} >= {TIMESTAMP_FIELD}"
 
 
 def trend_column(stem: str) -> str:
@@ -96,8 +105,7 @@ def snapshot_schema(catalog: EventCatalog) -> pa.DataFrameSchema:
     columns.update(_trend_columns(catalog))
     columns.update({name: pa.Column(STRING, nullable=True) for name in USER_ATTRIBUTES})
     created_after_end = pa.Check(
-        lambda frame: frame[CREATED_TIMESTAMP_FIELD] >= frame[TIMESTAMP_FIELD],
-        error=f"{CREATED_TIMESTAMP_FIELD} >= {TIMESTAMP_FIELD}",
+        lambda frame: frame[CREATED_TIMESTAMP_FIELD] >= frame[TIMESTAMP_FIELD], name=CREATED_AFTER_END
     )
     return pa.DataFrameSchema(
         columns,
@@ -125,3 +133,90 @@ def validate_snapshots(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> None:
         raise SchemaError(f"snapshot table breaks its schema ({len(exc.failure_cases)} failures): {listed}") from exc
     except PanderaSchemaError as exc:
         raise SchemaError(f"snapshot table breaks its schema: {exc}") from exc
+
+
+# ------------------------------------------------------------------------- the same rules, vectorised
+
+_ARROW_TYPES = {
+    pandas_engine.Engine.dtype(dtype): arrow_types
+    for dtype, arrow_types in [
+        ("int64", {pyarrow.int64()}),
+        ("float64", {pyarrow.float64()}),
+        (TS_US_UTC, {pyarrow.timestamp("us", tz="UTC")}),
+        # to_frame makes `string` STRING and `large_string` an object column of str, which pandera accepts too.
+        (STRING, {pyarrow.string(), pyarrow.large_string()}),
+    ]
+}
+_COLUMN_CHECKS: dict[str, Callable[[pyarrow.ChunkedArray, dict], pyarrow.ChunkedArray]] = {
+    "in_range": lambda values, bounds: pc.and_(
+        (pc.greater_equal if bounds["include_min"] else pc.greater)(values, bounds["min_value"]),
+        (pc.less_equal if bounds["include_max"] else pc.less)(values, bounds["max_value"]),
+    ),
+    "greater_than_or_equal_to": lambda values, bounds: pc.greater_equal(values, bounds["min_value"]),
+}
+_TABLE_CHECKS: dict[str, Callable[[pyarrow.Table], pyarrow.ChunkedArray]] = {
+    CREATED_AFTER_END: lambda table: pc.greater_equal(table[CREATED_TIMESTAMP_FIELD], table[TIMESTAMP_FIELD]),
+}
+
+
+def check_arrow(table: pyarrow.Table, schema: pa.DataFrameSchema) -> None:
+    """Raise :class:`SchemaError` when ``table`` breaks a rule of ``schema``, where
+    ``validate_snapshots(to_frame(table), schema)`` would, without the pandas copy."""
+    _require_vectorised(schema)
+    expected = list(schema.columns)
+    if table.column_names != expected:  # strict and ordered
+        raise SchemaError(f"snapshot table breaks its schema: columns {table.column_names}, expected {expected}")
+    failures = [failure for name, column in schema.columns.items() for failure in _column_failures(table[name], column)]
+    # The table-wide rules compare columns, which only makes sense once their types are right.
+    failures = failures or [check.name for check in schema.checks if not _all(_TABLE_CHECKS[check.name](table))]
+    if schema.unique and not _unique(table, schema.unique):
+        failures.append(f"{schema.unique}: unique")
+    if failures:
+        raise SchemaError(f"snapshot table breaks its schema ({len(failures)} failures): {'; '.join(failures[:20])}")
+
+
+def _require_vectorised(schema: pa.DataFrameSchema) -> None:
+    """A rule without a vectorised form must fail loudly, never be skipped."""
+    columns = schema.columns.values()
+    unknown = [str(column.dtype) for column in columns if column.dtype not in _ARROW_TYPES]
+    unknown += [check.name for column in columns for check in column.checks if check.name not in _COLUMN_CHECKS]
+    unknown += [check.name for check in schema.checks if check.name not in _TABLE_CHECKS]
+    if unknown:
+        raise TypeError(f"no vectorised form of {unknown}")
+
+
+def _column_failures(values: pyarrow.ChunkedArray, column: pa.Column) -> list[str]:
+    # pandas turns an integer column with nulls into float64.
+    if values.type not in _ARROW_TYPES[column.dtype] or (pyarrow.types.is_integer(values.type) and values.null_count):
+        return [f"{column.name}: dtype('{column.dtype}'), found {values.type}"]
+    # pandas counts NaN as missing; pandera's checks look at the present values only.
+    missing = pc.is_null(values, nan_is_null=True)
+    if not column.nullable and pc.any(missing).as_py():
+        return [f"{column.name}: not_nullable"]
+    return [
+        f"{column.name}: {check.error}"
+        for check in column.checks
+        if not _all(pc.or_kleene(missing, _COLUMN_CHECKS[check.name](values, check.statistics)))
+    ]
+
+
+def _unique(table: pyarrow.Table, keys: list[str]) -> bool:
+    """Whether no two rows share their ``keys``. The build's tables run day by day with ascending user ids, i.e.
+    strictly sorted by the keys taken in reverse order, which one comparison per row proves; others are hashed."""
+    if table.num_rows < 2 or _strictly_sorted(table, keys[::-1]):
+        return True
+    return table.group_by(keys).aggregate([]).num_rows == table.num_rows
+
+
+def _strictly_sorted(table: pyarrow.Table, keys: list[str]) -> bool:
+    """Whether every row comes strictly after the one before it, ordering by ``keys`` (most significant first)."""
+    before, after = table.slice(0, table.num_rows - 1), table.slice(1)
+    later = pc.greater(after[keys[-1]], before[keys[-1]])
+    for key in reversed(keys[:-1]):
+        later = pc.or_(pc.greater(after[key], before[key]), pc.and_(pc.equal(after[key], before[key]), later))
+    return _all(later)
+
+
+def _all(flags: pyarrow.ChunkedArray) -> bool:
+    # An empty table passes every check, as in pandera.
+    return pc.all(flags).as_py() is not False

@@ -1,12 +1,15 @@
 """The rolling feature snapshots: hand-computed values, an independent pandas re-computation, no look-ahead,
-idempotence, late data, a bring-your-own catalogue and the snapshot schema."""
+idempotence, late data, a bring-your-own catalogue and the snapshot schema (pandera and the vectorised check
+the build runs on every row must accept and reject the same tables)."""
 
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pandera
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import typer
@@ -18,7 +21,7 @@ from jobs import feature_commands
 from tests.factories import make_events, make_users, utc, write_validated
 from transformations.catalog import DEFAULT_CATALOG, EventCatalog, EventType, Ratio
 from transformations.features import build_features
-from transformations.snapshot_schema import snapshot_columns, snapshot_schema, to_frame, validate_snapshots
+from transformations.snapshot_schema import check_arrow, snapshot_columns, snapshot_schema, to_frame, validate_snapshots
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -339,6 +342,77 @@ def test_the_snapshot_schema_rejects_a_negative_count(small_world: Settings) -> 
     frame.loc[0, "sessions_7d"] = -1
     with pytest.raises(SchemaError, match="sessions_7d"):
         validate_snapshots(frame, schema)
+
+
+def with_value(table: pa.Table, name: str, value: object, row: int = 0) -> pa.Table:
+    field = table.schema.field(name)
+    values = table[name].to_pylist()
+    values[row] = value
+    return table.set_column(table.schema.get_field_index(name), field, pa.array(values, field.type))
+
+
+def retyped(table: pa.Table, name: str, arrow_type: pa.DataType) -> pa.Table:
+    field = pa.field(name, arrow_type)
+    return table.set_column(table.schema.get_field_index(name), field, pc.cast(table[name], arrow_type))
+
+
+BROKEN_TABLES = {
+    "negative count": lambda t: with_value(t, "sessions_7d", -1),
+    "more active days than the window": lambda t: with_value(t, "active_days_7d", 8),
+    "mean above value_max": lambda t: with_value(t, "quiz_score_mean_30d", 100.5),
+    "negative value sum": lambda t: with_value(t, "amount_paid_90d", -0.01),
+    "ratio above 1": lambda t: with_value(t, "payment_fail_rate_14d", 1.5),
+    "null in a non-nullable float": lambda t: with_value(t, "watch_minutes_7d", None),
+    "NaN in a non-nullable float": lambda t: with_value(t, "watch_minutes_7d", float("nan")),
+    "null in a non-nullable integer": lambda t: with_value(t, "tenure_days", None),
+    "null in a non-nullable timestamp": lambda t: with_value(t, "created", None),
+    "created before the end of the day": lambda t: with_value(t, "created", utc(2026, 1, 5)),
+    "duplicate user and day": lambda t: pa.concat_tables([t, t.slice(0, 1)]),
+    "duplicate next to its twin": lambda t: pa.concat_tables([t.slice(0, 1), t]),
+    "nanosecond timestamps": lambda t: retyped(t, "event_timestamp", pa.timestamp("ns", tz="UTC")),
+    "naive timestamps": lambda t: retyped(t, "created", pa.timestamp("us")),
+    "int32 count": lambda t: retyped(t, "sessions_7d", pa.int32()),
+    "numbers in a string column": lambda t: t.set_column(
+        t.schema.get_field_index("plan"), "plan", pa.array(range(t.num_rows), pa.int64())
+    ),
+    "a column missing": lambda t: t.drop_columns(["payments_14d"]),
+    "an extra column": lambda t: t.append_column("extra", pa.array([0] * t.num_rows)),
+    "columns out of order": lambda t: t.select([*t.column_names[1:], t.column_names[0]]),
+}
+ACCEPTED_TABLES = {
+    "unchanged": lambda t: t,
+    "NaN in a nullable mean": lambda t: with_value(t, "quiz_score_mean_7d", float("nan")),
+    "null in a nullable ratio": lambda t: with_value(t, "payment_fail_rate_90d", None),
+    "no rows": lambda t: t.slice(0, 0),
+    "rows in another order": lambda t: t.take([2, 0, 1]),
+    "large strings (pandas makes them str objects)": lambda t: retyped(t, "plan", pa.large_string()),
+}
+
+
+@pytest.mark.parametrize("break_it", BROKEN_TABLES.values(), ids=BROKEN_TABLES.keys())
+def test_the_vectorised_check_rejects_what_pandera_rejects(small_world: Settings, break_it) -> None:
+    schema = snapshot_schema(DEFAULT_CATALOG)
+    table = break_it(pq.read_table(small_world.paths.snapshots / "date=2026-01-05" / "part-0.parquet"))
+    with pytest.raises(SchemaError):
+        validate_snapshots(to_frame(table), schema)
+    with pytest.raises(SchemaError):
+        check_arrow(table, schema)
+
+
+@pytest.mark.parametrize("change", ACCEPTED_TABLES.values(), ids=ACCEPTED_TABLES.keys())
+def test_the_vectorised_check_accepts_what_pandera_accepts(small_world: Settings, change) -> None:
+    schema = snapshot_schema(DEFAULT_CATALOG)
+    table = change(pq.read_table(small_world.paths.snapshots / "date=2026-01-05" / "part-0.parquet"))
+    validate_snapshots(to_frame(table), schema)
+    check_arrow(table, schema)
+
+
+def test_a_schema_rule_without_a_vectorised_form_is_refused_not_skipped(small_world: Settings) -> None:
+    schema = snapshot_schema(DEFAULT_CATALOG)
+    custom = schema.update_column("sessions_7d", checks=[pandera.Check(lambda s: s < 1_000, name="below_1000")])
+    table = pq.read_table(small_world.paths.snapshots / "date=2026-01-05" / "part-0.parquet")
+    with pytest.raises(TypeError, match="below_1000"):
+        check_arrow(table, custom)
 
 
 def test_a_users_table_with_a_wrong_type_is_a_schema_error(settings: Settings) -> None:
