@@ -92,7 +92,8 @@ class ChampionLoader:
         make_reader: ReaderFactory,
         score_cache_size: int = SCORE_CACHE_SIZE,
     ) -> None:
-        self._client = mlflow.MlflowClient(tracking_uri)
+        # Both URIs explicitly: MlflowClient otherwise takes the registry URI last set anywhere in the process.
+        self._client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._score_cache_size = score_cache_size
         self._tracking_uri = tracking_uri
         self._store = store

@@ -56,7 +56,7 @@ class Hammer:
 def test_new_champion_is_served_without_failed_requests(world: World):
     challenger = train_model(world, seed=2)
     schema = service_schema(feature_store(world.settings).get_feature_service(FEATURE_SERVICE))
-    client = mlflow.MlflowClient(world.settings.tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=world.settings.tracking_uri, registry_uri=world.settings.tracking_uri)
     original = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).version
     try:
         with running_server(server_env(world.settings), via_cli=True) as base, Hammer(base) as hammer:

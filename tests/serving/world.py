@@ -124,14 +124,16 @@ def _feature_service(settings: Settings) -> FeatureService:
 def register_champion(world: World, model: ChurnModel, feature_service: str = FEATURE_SERVICE) -> str:
     """Log, register, tag and promote ``model``; returns the new version number."""
     uri = world.settings.tracking_uri
-    client = mlflow.MlflowClient(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("serving-tests")
     experiment_id = (
         experiment.experiment_id
         if experiment
         else client.create_experiment("serving-tests", artifact_location=str(world.settings.paths.mlflow_artifacts))
     )
+    # mlflow.register_model uses the process-wide URIs, which earlier tests may have pointed elsewhere.
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     with mlflow.start_run(experiment_id=experiment_id):
         info = mlflow.pyfunc.log_model(name="model", python_model=model, pip_requirements=[])
     version = mlflow.register_model(info.model_uri, REGISTERED_MODEL)
