@@ -78,13 +78,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
 
     def explain(self, frame: pd.DataFrame, top_k: int = 3) -> list[list[dict]]:
         """Per row, up to ``top_k`` features pushing the probability up, largest contribution first."""
-        rows = self._features(frame).reset_index(drop=True)
-        base = self.predict_proba(rows)
-        # One batch for every (row, feature) counterfactual: a single model call whatever the row count.
-        counterfactual = self._with_reference_values(rows)
-        occluded = self.predict_proba(counterfactual).reshape(len(rows), len(self.feature_names))
-        contributions = base[:, None] - occluded
-        return [self._top_reasons(rows.iloc[i].__getitem__, contributions[i], top_k) for i in range(len(rows))]
+        return self.score_and_explain(frame, top_k)[1]
 
     def score_and_explain(
         self, rows: pd.DataFrame | Mapping[str, np.ndarray], top_k: int = 3
@@ -129,19 +123,6 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         if missing:
             raise SchemaError(f"model input misses features {missing}")
         return frame[self.feature_names]
-
-    def _with_reference_values(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """Each row repeated once per feature; copy j of a row has feature j set to its reference value."""
-        n_features = len(self.feature_names)
-        repeated = rows.loc[rows.index.repeat(n_features)].reset_index(drop=True)
-        for j, name in enumerate(self.feature_names):
-            column = repeated[name].to_numpy(copy=True)
-            if column.dtype.kind in "iub":
-                # An integer count's median can be fractional; assigning it must not truncate.
-                column = column.astype("float64")
-            column[j::n_features] = self.reference_values[name]
-            repeated[name] = column
-        return repeated
 
     def _top_reasons(self, value_of: Callable[[str], Any], contributions: np.ndarray, top_k: int) -> list[dict]:
         # Ties are broken by feature name so equal contributions always come back in the same order.

@@ -40,7 +40,18 @@ def random_rows(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"a": a, "b": rng.normal(size=n), "n": rng.integers(0, 9, size=n), "plan": plans})
 
 
-def test_score_and_explain_equals_predict_proba_and_explain_exactly():
+def contributions_by_hand(model: ChurnModel, row: pd.DataFrame) -> dict[str, float]:
+    """One model call per occluded feature on a single row: independent of the stacked batch."""
+    base = model.estimator.predict_proba(row)[0, 1]
+    out = {}
+    for name, reference in model.reference_values.items():
+        occluded = row.astype({name: object if isinstance(reference, str) else float})
+        occluded[name] = reference
+        out[name] = round(float(base - model.estimator.predict_proba(occluded)[0, 1]), 6)
+    return out
+
+
+def test_score_and_explain_equals_one_row_at_a_time_by_hand():
     reference = {"a": 0.1, "b": -0.2, "n": 3.5, "plan": "annual"}
     model = ChurnModel(ElementwiseLogit(), ["a", "b", "n", "plan"], RiskThresholds(0.6, 0.3), reference)
     rows = random_rows(200, seed=3)
@@ -48,6 +59,11 @@ def test_score_and_explain_equals_predict_proba_and_explain_exactly():
     probabilities, reasons = model.score_and_explain(rows, top_k=3)
 
     assert probabilities.tolist() == model.predict_proba(rows).tolist()
+    for i, row_reasons in enumerate(reasons):
+        by_hand = contributions_by_hand(model, rows.iloc[[i]])
+        positive = sorted((c, f) for f, c in by_hand.items() if c > 0)
+        assert [r["feature"] for r in row_reasons] == [f for _, f in sorted(positive, key=lambda cf: -cf[0])[:3]]
+        assert all(r["contribution"] == by_hand[r["feature"]] for r in row_reasons)
     assert reasons == model.explain(rows, top_k=3)
     assert any(r["feature"] == "n" for row in reasons for r in row)  # the integer column is occluded too
 
