@@ -10,9 +10,10 @@ observation times). Then, each in its own subprocess so peak RSS is the job's ow
 * reference: one DuckDB ``ASOF LEFT JOIN`` over the same Parquet with the same semantics as the feature views'
   point-in-time join: per row, the newest snapshot with ``event_timestamp <= t`` (ties: newest ``created``), NULL
   when it is older than ``t - ttl`` (2 days);
-* feast: ``store.get_historical_features(entity_df, features=<FeatureService>).to_arrow()``.
+* feast: ``store.get_historical_features(entity_df, features=<FeatureService>).to_arrow()``;
+* fast: the same call with ``churn_common.feast_offline.FastDuckDBOfflineStore`` as the offline store.
 
-Both print a checksum (non-null count and sum per feature) that must agree. Wall time, peak RSS and the ratio are
+All print a checksum (non-null count and sum per feature) that must agree. Wall time, peak RSS and the ratio are
 printed; a run whose RSS passes ``--max-rss-gib`` (default 12) is killed and reported, as the machine is
 shared. ``--keep`` keeps the generated data, otherwise it is deleted.
 """
@@ -164,7 +165,23 @@ def feast(data_dir: Path, n_users: int, n_days: int, n_times: int) -> None:
     print(json.dumps({"seconds": seconds, "rss_mib": _peak_rss_mib(), "rows": table.num_rows, "sum": _checksum(table)}))
 
 
-CHILDREN = {"reference": reference, "feast": feast}
+def fast(data_dir: Path, n_users: int, n_days: int, n_times: int) -> None:
+    """Feast's API, served by churn_common.feast_offline.FastDuckDBOfflineStore."""
+    from churn_common.feast_offline import FastDuckDBOfflineStoreConfig
+    from churn_common.store import feature_store
+
+    store = feature_store(Settings(data_dir=data_dir, feast_project="bench_historical"))
+    store.config.offline_config = FastDuckDBOfflineStoreConfig()
+    store.config._offline_store = None  # RepoConfig caches the config it built from the YAML
+    service = store.get_feature_service(FEATURE_SERVICE)
+    entities = entity_frame(n_users, n_days, n_times)
+    started = time.perf_counter()
+    table = store.get_historical_features(entity_df=entities, features=service).to_arrow()
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "rss_mib": _peak_rss_mib(), "rows": table.num_rows, "sum": _checksum(table)}))
+
+
+CHILDREN = {"reference": reference, "feast": feast, "fast": fast}
 
 
 def _watch(child: subprocess.Popen, max_rss_gib: float) -> float | None:
@@ -226,9 +243,12 @@ def _report(runs: dict[str, list[dict]]) -> None:
             f"{kind:>9}: best {seconds[0]:7.1f}s  median {float(np.median(seconds)):7.1f}s  "
             f"peak RSS {max(r['rss_mib'] for r in ok):7.0f} MiB  rows {ok[0]['rows']:,}"
         )
-    if len(best) == len(CHILDREN):
-        agree = runs["feast"][0]["sum"] == runs["reference"][0]["sum"]
-        print(f"feast / reference (best): {best['feast'] / best['reference']:.2f}x   results agree: {agree}")
+    if "reference" not in best:
+        return
+    for kind in ("feast", "fast"):
+        if kind in best:
+            agree = runs[kind][0]["sum"] == runs["reference"][0]["sum"]
+            print(f"{kind} / reference (best): {best[kind] / best['reference']:.2f}x   results agree: {agree}")
 
 
 @app.command()
@@ -238,7 +258,7 @@ def run(
     times: Annotated[int, typer.Option(help="Observation times per user")] = 10,
     repeat: Annotated[int, typer.Option(help="Runs of each path")] = 2,
     keep: Annotated[bool, typer.Option(help="Keep the generated data for the next run")] = False,
-    path: Annotated[list[str] | None, typer.Option(help="reference, feast (repeatable; default: both)")] = None,
+    path: Annotated[list[str] | None, typer.Option(help="reference, feast, fast (repeatable; default: all)")] = None,
     max_rss_gib: Annotated[float, typer.Option(help="Kill a run whose RSS passes this (shared machine)")] = 12.0,
     child: Annotated[str, typer.Option(hidden=True)] = "",
     data_dir: Annotated[Path | None, typer.Option(hidden=True)] = None,

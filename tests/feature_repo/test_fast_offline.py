@@ -1,0 +1,160 @@
+"""FastDuckDBOfflineStore against Feast's DuckDBOfflineStore (same output, exactly) and the oracle."""
+
+import copy
+from datetime import timedelta
+
+import ibis
+import pandas as pd
+import pytest
+from feast import FeatureStore, FeatureView, Field
+from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
+from feast.types import Float64, Int64
+
+from churn_common.feast_offline import FastDuckDBOfflineStore, FastDuckDBOfflineStoreConfig, _plan
+from churn_common.feature_frame import normalize, service_schema
+from churn_common.names import FEATURE_SERVICE
+from churn_common.settings import Settings
+from churn_common.store import apply_repo, repo_config
+from tests.feature_repo.factories import day_end, random_snapshots, write_snapshots
+from tests.feature_repo.test_point_in_time import DAYS, label_times, oracle
+from training.dataset import get_training_frame
+
+ROW = "row_id"
+
+
+@pytest.fixture
+def snapshots(settings: Settings) -> pd.DataFrame:
+    """Gaps longer than the ttl, late starts, NULL floats, strings, a backfilled row and a created-time tie."""
+    frame = random_snapshots(range(1, 31), DAYS, seed=11)
+    gap = frame["user_id"].gt(20) & frame["event_timestamp"].between(day_end(DAYS[8]), day_end(DAYS[13]))
+    late = frame["user_id"].gt(10) & frame["event_timestamp"].lt(day_end(DAYS[3]))
+    frame = frame[~gap & ~late].reset_index(drop=True)
+    # Day 10 of users 1-5 recomputed two days later with other values: a later created time, same event time.
+    backfill = frame[frame["user_id"].le(5) & frame["event_timestamp"].eq(day_end(DAYS[10]))].copy()
+    backfill["sessions_7d"] += 1000
+    backfill["plan"] = "backfilled"
+    backfill["created"] = backfill["event_timestamp"] + timedelta(days=2)
+    write_snapshots(frame, settings.paths.snapshots)
+    write_snapshots(backfill, settings.paths.snapshots, part="part-backfill")
+    return pd.concat([frame, backfill], ignore_index=True)
+
+
+def _store(settings: Settings, offline_store) -> FeatureStore:
+    config = repo_config(settings)
+    # RepoConfig builds its offline store config lazily from offline_config and caches it; swap both.
+    config.offline_config = offline_store
+    config._offline_store = None
+    return FeatureStore(repo_path=str(settings.feature_repo), config=config)
+
+
+@pytest.fixture
+def stores(settings: Settings, snapshots) -> tuple[FeatureStore, FeatureStore]:
+    """(fast, feast) over one registry."""
+    apply_repo(settings)
+    fast = _store(settings, FastDuckDBOfflineStoreConfig())
+    assert isinstance(fast._get_provider().offline_store, FastDuckDBOfflineStore)
+    return fast, _store(settings, DuckDBOfflineStoreConfig())
+
+
+def _entities() -> pd.DataFrame:
+    entities = label_times(range(1, 31))
+    backfill_window = day_end(DAYS[10]) + pd.Timedelta(hours=13)  # between the original and the backfill
+    extra = pd.DataFrame({"user_id": [1, 2, 31], "event_timestamp": [backfill_window] * 3, "label": [0, 1, 0]})
+    extra["event_timestamp"] = extra["event_timestamp"].astype("datetime64[us, UTC]")
+    entities = pd.concat([entities, extra], ignore_index=True)
+    return entities.assign(**{ROW: range(len(entities))})
+
+
+def _uses_asof(job) -> bool:
+    return "ASOF" in ibis.to_sql(job.table)
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(ROW).reset_index(drop=True)
+
+
+def _both(stores, features, **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    fast, feast = stores
+    entities = _entities()
+    fast_job = fast.get_historical_features(entity_df=entities.copy(), features=features, **kwargs)
+    # The created-time filter is served by Feast's own join (see churn_common.feast_offline).
+    assert _uses_asof(fast_job) is not kwargs.get("filter_by_created_timestamp", False)
+    expected = feast.get_historical_features(entity_df=entities.copy(), features=features, **kwargs)
+    assert fast_job.to_arrow().schema == expected.to_arrow().schema
+    return _sorted(fast_job.to_df()), _sorted(expected.to_df())
+
+
+@pytest.mark.parametrize("filter_created", [True, False])
+@pytest.mark.parametrize("full_feature_names", [False, True])
+def test_same_output_as_feast(stores, filter_created, full_feature_names):
+    service = stores[1].get_feature_service(FEATURE_SERVICE)
+    got, expected = _both(
+        stores, service, filter_by_created_timestamp=filter_created, full_feature_names=full_feature_names
+    )
+    pd.testing.assert_frame_equal(got, expected)
+    assert list(got.columns) == list(expected.columns)
+    assert 0.2 < got.iloc[:, -1].notna().mean() < 0.95
+
+
+@pytest.mark.parametrize("filter_created", [True, False])
+def test_backfill_visible_only_without_created_filter(stores, filter_created):
+    service = stores[1].get_feature_service(FEATURE_SERVICE)
+    got, _ = _both(stores, service, filter_by_created_timestamp=filter_created)
+    row = got[got[ROW] == len(got) - 3]  # user 1, a day after day 10: the backfill exists but is not yet created
+    assert (row["sessions_7d"].item() >= 1000) is not filter_created
+    assert (row["plan"].item() == "backfilled") is not filter_created
+
+
+@pytest.mark.parametrize("filter_created", [True, False])
+def test_training_frame_matches_oracle(settings, stores, snapshots, filter_created):
+    fast = stores[0]
+    entities = _entities().drop(columns=ROW)
+    frame = get_training_frame(fast, entities, FEATURE_SERVICE, filter_by_created_timestamp=filter_created)
+    schema = service_schema(fast.get_feature_service(FEATURE_SERVICE))
+    expected = normalize(oracle(snapshots, entities, list(schema.features), filter_created), schema)
+    pd.testing.assert_frame_equal(frame[entities.columns], entities)
+    pd.testing.assert_frame_equal(frame[list(schema.features)].reset_index(drop=True), expected)
+
+
+def _views_with_ttls(store: FeatureStore) -> list[FeatureView]:
+    """Two views of the one snapshot source with different ttls, and one without a ttl."""
+    user = store.get_entity("user")
+    source = store.get_feature_view("user_status_daily").batch_source
+
+    def view(name: str, ttl: timedelta, fields: list[Field]) -> FeatureView:
+        return FeatureView(name=name, entities=[user], ttl=ttl, schema=fields, source=source)
+
+    sessions, minutes = Field(name="sessions_7d", dtype=Int64), Field(name="watch_minutes_7d", dtype=Float64)
+    return [
+        view("short", timedelta(hours=13), [sessions]),
+        view("long", timedelta(days=5), [sessions, minutes]),
+        view("forever", timedelta(0), [Field(name="tenure_days", dtype=Int64)]),
+    ]
+
+
+@pytest.mark.parametrize("filter_created", [True, False])
+def test_per_view_ttls_on_one_source(stores, filter_created):
+    views = _views_with_ttls(stores[1])
+    stores[1].apply(views)
+    refs = ["long:watch_minutes_7d", "short:sessions_7d", "forever:tenure_days", "long:sessions_7d"]
+    got, expected = _both(stores, refs, filter_by_created_timestamp=filter_created, full_feature_names=True)
+    pd.testing.assert_frame_equal(got, expected)
+    assert got["short__sessions_7d"].notna().sum() < got["long__sessions_7d"].notna().sum()
+
+
+def test_naive_entity_timestamps_give_feasts_output(stores):
+    fast, feast = stores
+    entities = _entities().assign(event_timestamp=lambda e: e["event_timestamp"].dt.tz_localize(None))
+    got = fast.get_historical_features(entity_df=entities.copy(), features=["user_status_daily:plan"]).to_df()
+    expected = feast.get_historical_features(entity_df=entities.copy(), features=["user_status_daily:plan"]).to_df()
+    pd.testing.assert_frame_equal(_sorted(got), _sorted(expected))
+
+
+def test_field_mapping_falls_back_to_feast(stores):
+    fast, feast = stores
+    view = copy.deepcopy(feast.get_feature_view("user_status_daily"))
+    view.batch_source.field_mapping = {"plan": "plan"}
+    assert _plan([view], ["user_status_daily:plan"], full_feature_names=False) is None
+    view.batch_source.field_mapping = {}
+    assert _plan([view], ["user_status_daily:plan"], full_feature_names=False) is not None
+    assert _plan([view], ["some_on_demand_view:plan"], full_feature_names=False) is None
