@@ -7,10 +7,14 @@ For each size it writes two days of snapshots for every user (the feature build'
 five views over one source) under ``data/bench/materialize_<users>``, then runs each path in its own subprocess (so
 peak RSS is the job's own), each against its own Feast project in Redis db 12 (keys deleted afterwards):
 
-* ``default``: Feast's local engine, ``pull_latest_features: true``, ``online_write_batch_size: 10000``;
+* ``default``: Feast's local engine (pinned: the redis profile enables ours), ``pull_latest_features: true``,
+  ``online_write_batch_size: 10000``;
 * ``fast``: the same profile with ``batch_engine: {type: churn_common.feast_engine.RedisBatchEngine}``;
 * ``raw`` (the reference): the exact key/field/value bytes precomputed in batches of 10,000 users, timing only the
-  redis-py ``HSET`` pipeline (transaction=False) that writes them: the floor for any client-side engine.
+  redis-py ``HSET`` pipeline (transaction=False) that writes them;
+* ``resp`` (the server's floor): the same HSET commands packed to RESP bytes before the clock starts (all batches,
+  so ~1.5 KB per user of memory), then sent over one connection while a second thread reads and checks the
+  replies: what Redis alone needs to apply them, with no client work to wait for.
 
 It prints wall time of ``materialize`` (registry updates included; ``feast apply`` excluded), peak RSS, and the
 ratio to the raw pipeline, then deletes the data.
@@ -22,23 +26,26 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, date, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Annotated
 
 import duckdb
+import hiredis
 import numpy as np
 import redis
 import typer
 from feast import FeatureStore
 
 from benchmarks.bench_historical import write_snapshots
-from churn_common.feast_engine import _HashLayout, encode_timestamps, event_time_nanos
+from churn_common.feast_engine import _HashLayout
 from churn_common.names import TIMESTAMP_FIELD
 from churn_common.settings import PROJECT_ROOT, Settings
-from churn_common.store import apply_repo, feature_store, repo_config
+from churn_common.store import apply_repo, repo_config
 
 BENCH_REDIS_DB = 12
 BATCH_ROWS = 10_000
@@ -66,10 +73,9 @@ def _settings(data_dir: Path) -> Settings:
 
 
 def _store(settings: Settings, path: str) -> FeatureStore:
-    if path == "default":
-        return feature_store(settings)
     config = repo_config(settings)
-    config.batch_engine_config = ENGINE
+    # The redis profile enables our engine; the default path pins Feast's own local engine explicitly.
+    config.batch_engine_config = {"type": "local"} if path == "default" else ENGINE
     return FeatureStore(repo_path=str(settings.feature_repo), config=config)
 
 
@@ -100,9 +106,13 @@ def _raw_batches(settings: Settings, store: FeatureStore):
     with duckdb.connect() as con:
         reader = con.execute(query, [str(settings.paths.snapshots / "*" / "*.parquet")]).to_arrow_reader(BATCH_ROWS)
         for batch in reader:
-            keys = layout.keys(batch.column("user_id"))
-            stamps = encode_timestamps(event_time_nanos(batch.column(TIMESTAMP_FIELD)))
-            yield layout.grid(batch, keys, stamps).tolist()
+            encoded = layout.encode(batch, TIMESTAMP_FIELD)
+            fields = [field for pairs in encoded.views for field, _ in pairs]
+            values = [column.to_pylist() for pairs in encoded.views for _, column in pairs]
+            yield [
+                [key, *chain.from_iterable(zip(fields, row, strict=True))]
+                for key, row in zip(encoded.keys.to_pylist(), zip(*values, strict=True), strict=True)
+            ]
 
 
 def _timed_raw_pipeline(settings: Settings, store: FeatureStore, client: redis.Redis) -> float:
@@ -117,6 +127,39 @@ def _timed_raw_pipeline(settings: Settings, store: FeatureStore, client: redis.R
     return seconds
 
 
+def _read_replies(sock, count: int, errors: list) -> None:
+    reader, buffer, seen = hiredis.Reader(), bytearray(1 << 20), 0
+    while seen < count:
+        received = sock.recv_into(buffer)
+        if not received:
+            raise ConnectionError("Redis closed the connection")
+        reader.feed(buffer, 0, received)
+        while (reply := reader.gets()) is not False:
+            seen += 1
+            if isinstance(reply, hiredis.ReplyError):
+                errors.append(reply)
+
+
+def _timed_resp(settings: Settings, store: FeatureStore, client: redis.Redis) -> float:
+    payloads, count = [], 0
+    for rows in _raw_batches(settings, store):
+        payloads.append(b"".join(hiredis.pack_command(("HSET", *row)) for row in rows))
+        count += len(rows)
+    connection = client.connection_pool.get_connection()  # handshake (SELECT) by redis-py, then its raw socket
+    errors: list = []
+    started = time.perf_counter()
+    reader = threading.Thread(target=_read_replies, args=(connection._sock, count, errors))
+    reader.start()
+    for payload in payloads:
+        connection._sock.sendall(payload)
+    reader.join()
+    seconds = time.perf_counter() - started
+    client.connection_pool.release(connection)
+    if errors:
+        raise RuntimeError(f"{len(errors)} error replies, first: {errors[0]}")
+    return seconds
+
+
 def child(path: str, data_dir: Path) -> None:
     os.environ["CHURN_DATA_DIR"] = str(data_dir)
     settings = _settings(data_dir)
@@ -125,7 +168,12 @@ def child(path: str, data_dir: Path) -> None:
     store = _store(settings, path)
     rss_before = _peak_rss_mib()
     try:
-        seconds = _timed_raw_pipeline(settings, store, client) if path == "raw" else _timed_materialize(store)
+        if path == "raw":
+            seconds = _timed_raw_pipeline(settings, store, client)
+        elif path == "resp":
+            seconds = _timed_resp(settings, store, client)
+        else:
+            seconds = _timed_materialize(store)
         rss = _peak_rss_mib()
     finally:
         keys = _delete_keys(client, settings.feast_project)
@@ -166,7 +214,7 @@ def _report(users: int, runs: dict[str, list[dict]]) -> None:
 @app.command()
 def run(
     users: Annotated[list[int] | None, typer.Option(help="Users (repeatable)")] = None,
-    path: Annotated[list[str] | None, typer.Option(help="default, fast, raw (repeatable; default: all)")] = None,
+    path: Annotated[list[str] | None, typer.Option(help="default, fast, raw, resp (repeatable; default: all)")] = None,
     repeat: Annotated[int, typer.Option(help="Runs of each path")] = 2,
     child_path: Annotated[str, typer.Option("--child", hidden=True)] = "",
     data_dir: Annotated[Path | None, typer.Option(hidden=True)] = None,
@@ -181,7 +229,7 @@ def run(
         started = time.perf_counter()
         write_snapshots(Settings(data_dir=data_dir).paths.snapshots, n, DAYS, seed=n)
         print(f"{n:,} users x {len(DAYS)} days written in {time.perf_counter() - started:.0f}s", flush=True)
-        runs: dict[str, list[dict]] = {p: [] for p in path or ["default", "fast", "raw"]}
+        runs: dict[str, list[dict]] = {p: [] for p in path or ["default", "fast", "raw", "resp"]}
         for _ in range(repeat):
             for p in runs:
                 runs[p].append(_measure(p, data_dir))

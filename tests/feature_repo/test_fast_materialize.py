@@ -3,20 +3,27 @@
 from collections.abc import Iterator
 from datetime import date, timedelta
 
+import hiredis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 import redis
 from feast import FeatureStore, RepoConfig
+from feast.infra.online_stores.redis import _redis_key
 from feast.infra.passthrough_provider import PassthroughProvider
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from churn_common.errors import FeatureStoreError
 from churn_common.feast_engine import (
     RedisBatchEngine,
     RedisBatchEngineConfig,
+    _Batch,
+    _Commands,
     encode_timestamps,
     encode_values,
     event_time_nanos,
@@ -56,7 +63,7 @@ def test_column_encoding_equals_feast_value_proto_bytes(value_type, column):
     expected = [
         v.SerializeToString() for v in python_values_to_proto_values(column.to_numpy(zero_copy_only=False), value_type)
     ]
-    assert list(encode_values(column, value_type)) == expected
+    assert encode_values(column, value_type).to_pylist() == expected
 
 
 def test_timestamp_encoding_equals_feast_timestamp_bytes():
@@ -70,7 +77,69 @@ def test_timestamp_encoding_equals_feast_timestamp_bytes():
         proto = Timestamp()
         proto.FromDatetime(stamp.to_pydatetime())
         expected.append(proto.SerializeToString())
-    assert list(encode_timestamps(event_time_nanos(pa.array(stamps)))) == expected
+    assert encode_timestamps(event_time_nanos(pa.array(stamps))).to_pylist() == expected
+
+
+# --- RESP assembly against redis-py's own packing -------------------------------------------------------------------
+
+
+class _Layout:
+    """Two views of the shape _Commands reads: field names per view (``_ts:`` first)."""
+
+    ts_fields = [b"_ts:a", b"_ts:b"]
+    fields = [[b"_ts:a", b"fa1", b"fa2"], [b"_ts:b", b"fb1"]]
+
+
+def _column(values: list) -> pa.Array:
+    return pa.array(values, pa.large_binary())
+
+
+# Nulls as b"", lengths of 0, 1-9, 10-99 and 100+ bytes: the RESP length header has 1 to 3 digits.
+BATCH = _Batch(
+    keys=_column([b"key-1", b"key-22", b"key-333"]),
+    nanos=np.array([10, 20, 30]),
+    views=[
+        [
+            (b"_ts:a", _column([b"t1", b"t2", b"t3"])),
+            (b"fa1", _column([b"", b"x" * 9, b"y" * 10])),
+            (b"fa2", _column([b"\r\n$", b"z" * 100, b""])),
+        ],
+        [(b"_ts:b", _column([b"t1", b"t2", b"t3"])), (b"fb1", _column([b"\x00" * 250, b"", b"v"]))],
+    ],
+)
+
+
+def _expected(rows: list[int], views: list[list[int]], ttl: int | None) -> bytes:
+    commands = []
+    for row, written in zip(rows, views, strict=True):
+        args = [BATCH.keys[row].as_py()]
+        for view in written:
+            for field, values in BATCH.views[view]:
+                args += [field, values[row].as_py()]
+        commands.append(hiredis.pack_command(("HSET", *args)))
+        if ttl:
+            commands.append(hiredis.pack_command(("EXPIRE", args[0], str(ttl))))
+    return b"".join(commands)
+
+
+@pytest.mark.parametrize("ttl", [None, 3_600])
+def test_hset_commands_equal_redis_py_packing(ttl):
+    payload, replies = _Commands(_Layout(), ttl).hset(BATCH, None)
+    assert bytes(payload) == _expected([0, 1, 2], [[0, 1]] * 3, ttl)
+    assert replies == 3 * (2 if ttl else 1)
+
+
+@pytest.mark.parametrize("ttl", [None, 3_600])
+def test_hset_commands_write_only_newer_views(ttl):
+    newer = np.array([[True, False], [False, False], [False, True]])
+    payload, replies = _Commands(_Layout(), ttl).hset(BATCH, newer)
+    assert bytes(payload) == _expected([0, 2], [[0], [1]], ttl)
+    assert replies == 2 * (2 if ttl else 1)
+
+
+def test_hmget_commands_equal_redis_py_packing():
+    expected = b"".join(hiredis.pack_command(("HMGET", key, b"_ts:a", b"_ts:b")) for key in BATCH.keys.to_pylist())
+    assert bytes(_Commands(_Layout(), None).hmget(BATCH.keys)) == expected
 
 
 def test_yaml_batch_engine_entry_resolves_to_this_engine(tmp_path):
@@ -219,3 +288,22 @@ def test_key_ttl_seconds_is_applied_to_every_key(stores, redis_client):
     keys = list(redis_client.scan_iter(match=f"*{fast.project}", count=1000))
     assert len(keys) == len(USERS) + len(STALE_USERS)
     assert all(0 < redis_client.ttl(key) <= 3_600 for key in keys)
+
+
+@pytest.mark.redis
+def test_an_error_reply_stops_the_run_with_a_clear_error(stores, redis_client):
+    _, fast = stores
+    # A string where the hash of user 7 belongs: its HMGET and HSET get WRONGTYPE.
+    key = _redis_key(fast.project, EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(int64_val=7)]), 3)
+    redis_client.set(key, b"not a hash")
+    fast.config.online_store.skip_dedup = True  # so that the error comes from the HSET stream, not the HMGETs
+    with pytest.raises(FeatureStoreError, match="WRONGTYPE"):
+        fast.materialize(start_date=START, end_date=END)
+    fast.config.online_store.skip_dedup = False
+    with pytest.raises(FeatureStoreError, match="WRONGTYPE"):
+        fast.materialize(start_date=START, end_date=END)
+
+    # The connections with unread replies were dropped, not reused: after removing the culprit, a run succeeds.
+    redis_client.delete(key)
+    fast.materialize(start_date=START, end_date=END)
+    assert redis_client.hlen(key) == 59 + 5
