@@ -28,7 +28,9 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 import ibis
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 from feast import FeatureView
 from feast.data_format import ParquetFormat
 from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, DuckDBOfflineStoreConfig, _write_data_source
@@ -43,7 +45,11 @@ logger = logging.getLogger(__name__)
 
 STORE_TYPE = "churn_common.feast_offline.FastDuckDBOfflineStore"
 _ENTITY_TABLE = "__fast_entities"
+_ROW = "__fast_row"
+_TIME = "__fast_t"
 _PROBE = "__fast_k"
+_AVAILABLE = "__fast_a"
+_HELPERS = (_ROW, _TIME, _PROBE, _AVAILABLE)
 
 
 class FastDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
@@ -139,27 +145,30 @@ def _entity_frame_supported(entity_df: pd.DataFrame, timestamp_col: str, reads: 
         and all(k in entity_df.columns for r in reads for k in r.join_keys)
         and len(set(names)) == len(names)
         and not set(names) & set(entity_df.columns)
-        and _PROBE not in entity_df.columns
+        and not set(_HELPERS) & set(entity_df.columns)
     )
 
 
 # --- the query ------------------------------------------------------------------------------------------------------
 
 
-def _source_rows(read: _SourceRead, t_range: tuple[datetime, datetime]) -> str:
+def _source_rows(read: _SourceRead, t_range: tuple[datetime, datetime], filter_created: bool) -> str:
     """The source's needed columns, cast like Feast casts them, restricted to rows that could be picked."""
     source = read.source
     ts = f"CAST({_quote(source.timestamp_field)} AS TIMESTAMPTZ)"
     created = source.created_timestamp_column
-    key = f"{{'t': {ts}, 'c': CAST({_quote(created)} AS TIMESTAMPTZ)}}" if created else ts
+    c = f"CAST({_quote(created)} AS TIMESTAMPTZ)" if created else "NULL::TIMESTAMPTZ"
     keys = ", ".join(_quote(k) for k in read.join_keys)
-    features = "".join(f", {_quote(c)}" for c in read.columns())
+    features = "".join(f", {_quote(col)}" for col in read.columns())
     where = [f"{ts} <= {_timestamp(t_range[1])}"]
+    if filter_created and created:
+        # Feast's `created <= t` is NULL (so false) for a NULL created time: such rows are never eligible.
+        where.append(f"{c} <= {_timestamp(t_range[1])}")
     lookback = read.max_ttl()
     if lookback is not None:
         where.append(f"{ts} >= {_timestamp(t_range[0])} - {_micros(lookback)}")
     return (
-        f"SELECT {keys}, {ts} AS __ts, {key} AS __k{features} "
+        f"SELECT {keys}, {ts} AS __ts, {c} AS __c{features} "
         f"FROM read_parquet({_literal(source.path)}) WHERE {' AND '.join(where)}"
     )
 
@@ -168,32 +177,85 @@ def _equal_keys(read: _SourceRead, alias: str) -> str:
     return " AND ".join(f"e.{_quote(k)} = {alias}.{_quote(k)}" for k in read.join_keys)
 
 
-def _join(read: _SourceRead, i: int, t_range: tuple[datetime, datetime]) -> str:
-    probe = f"e.{_PROBE}" if read.source.created_timestamp_column else f"e.{_PROBE}.t"
-    rows = _source_rows(read, t_range)
+def _asof(read: _SourceRead, i: int, t_range: tuple[datetime, datetime]) -> str:
+    """Without the created filter: per entity row the newest event time <= t, ties by the newest created time."""
+    created = read.source.created_timestamp_column is not None
+    key = "{'t': __ts, 'c': __c}" if created else "__ts"
+    probe = f"e.{_PROBE}" if created else f"e.{_PROBE}.t"
+    rows = f"SELECT *, {key} AS __k FROM ({_source_rows(read, t_range, False)})"
     return f"ASOF LEFT JOIN ({rows}) f{i} ON {_equal_keys(read, f'f{i}')} AND {probe} >= f{i}.__k"
 
 
-def _feature_columns(read: _SourceRead, i: int, timestamp_col: str) -> list[str]:
+def _windowed(read: _SourceRead, i: int, t_range: tuple[datetime, datetime], entities: str) -> str:
+    """With the created filter and a ttl on every view of the source: Feast's own predicates (``event_timestamp``
+    and ``created`` <= t, ``event_timestamp`` >= t - ttl) as one hash join on the join keys, then the newest
+    (event, created) per entity row. The ttl bounds the candidates per label to the snapshots of one ttl window, and
+    DuckDB builds the hash table on the entity rows and streams the source through it (1M labels: ~6 s, 1.7 GiB)."""
+    lookback = _micros(read.max_ttl())
+    rows = _source_rows(read, t_range, True)
+    pick = (
+        f"SELECT e.{_ROW}, r.* FROM {entities} e JOIN ({rows}) r ON {_equal_keys(read, 'r')} "
+        f"AND r.__ts <= e.{_TIME} AND r.__c <= e.{_TIME} AND r.__ts >= e.{_TIME} - {lookback} "
+        f"QUALIFY row_number() OVER (PARTITION BY e.{_ROW} ORDER BY r.__ts DESC, r.__c DESC) = 1"
+    )
+    return f"LEFT JOIN ({pick}) f{i} ON e.{_ROW} = f{i}.{_ROW}"
+
+
+def _frontier(read: _SourceRead, i: int, t_range: tuple[datetime, datetime]) -> str:
+    """With the created filter and some view without a ttl: an ASOF join on availability.
+
+    A row is eligible for t when ``greatest(event, created) <= t``. Ordered by that availability time (then event,
+    created), a row that is not newer in (event, created) than every row before it can never be picked: a row
+    before it is eligible whenever it is and wins. Dropping those leaves rows whose (event, created) grows with
+    the order, so the last row available at t, found by one ASOF join, is the newest eligible one.
+    """
+    rows = _source_rows(read, t_range, True)
+    avail = "greatest(__ts, __c)"
+    candidates = (
+        f"SELECT *, max({{'t': __ts, 'c': __c}}) OVER (PARTITION BY {', '.join(_quote(k) for k in read.join_keys)} "
+        f"ORDER BY {avail}, __ts, __c ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS __newest_before "
+        f"FROM ({rows})"
+    )
+    kept = (
+        f"SELECT * EXCLUDE (__newest_before), {{'a': {avail}, 't': __ts, 'c': __c}} AS __k FROM ({candidates}) "
+        "WHERE __newest_before IS NULL OR {'t': __ts, 'c': __c} > __newest_before"
+    )
+    return f"ASOF LEFT JOIN ({kept}) f{i} ON {_equal_keys(read, f'f{i}')} AND e.{_AVAILABLE} >= f{i}.__k"
+
+
+def _feature_columns(read: _SourceRead, i: int) -> list[str]:
     out = []
     for o in read.outputs:
         value = f"f{i}.{_quote(o.column)}"
         if o.ttl is not None:
-            value = f"CASE WHEN f{i}.__ts >= e.{_quote(timestamp_col)} - {_micros(o.ttl)} THEN {value} END"
+            value = f"CASE WHEN f{i}.__ts >= e.{_TIME} - {_micros(o.ttl)} THEN {value} END"
         out.append(f"{value} AS {_quote(o.name)}")
     return out
 
 
-def build_query(reads: list[_SourceRead], timestamp_col: str, t_range: tuple[datetime, datetime]) -> str:
+def _source_join(
+    read: _SourceRead, i: int, t_range: tuple[datetime, datetime], filter_created: bool, entities: str
+) -> str:
+    if not filter_created or not read.source.created_timestamp_column:
+        return _asof(read, i, t_range)  # Feast adds no created predicate for a source without a created column
+    if read.max_ttl() is not None:
+        return _windowed(read, i, t_range, entities)
+    return _frontier(read, i, t_range)
+
+
+def build_query(
+    reads: list[_SourceRead], timestamp_col: str, t_range: tuple[datetime, datetime], filter_created: bool = False
+) -> str:
+    """The point-in-time join over ``__fast_entities`` (the entity frame plus a row number ``__fast_row``)."""
+    t = f"CAST({_quote(timestamp_col)} AS TIMESTAMPTZ)"
+    inf = "CAST('infinity' AS TIMESTAMPTZ)"
     # 'infinity' makes a label at exactly a snapshot's event time see that snapshot whatever its created time.
     # Cast so both ASOF sides have one type whatever timestamp unit the entity frame has.
-    probe = f"{{'t': CAST({_quote(timestamp_col)} AS TIMESTAMPTZ), 'c': CAST('infinity' AS TIMESTAMPTZ)}}"
-    features = [c for i, r in enumerate(reads) for c in _feature_columns(r, i, timestamp_col)]
-    joins = " ".join(_join(r, i, t_range) for i, r in enumerate(reads))
-    return (
-        f"SELECT e.* EXCLUDE ({_PROBE}), {', '.join(features)} "
-        f"FROM (SELECT *, {probe} AS {_PROBE} FROM {_ENTITY_TABLE}) e {joins}"
-    )
+    probes = {_TIME: t, _PROBE: f"{{'t': {t}, 'c': {inf}}}", _AVAILABLE: f"{{'a': {t}, 't': {inf}, 'c': {inf}}}"}
+    features = [c for i, r in enumerate(reads) for c in _feature_columns(r, i)]
+    entities = f"(SELECT *, {', '.join(f'{v} AS {k}' for k, v in probes.items())} FROM {_ENTITY_TABLE})"
+    joins = " ".join(_source_join(r, i, t_range, filter_created, entities) for i, r in enumerate(reads))
+    return f"SELECT e.* EXCLUDE ({', '.join(_HELPERS)}), {', '.join(features)} FROM {entities} e {joins}"
 
 
 # --- the store ------------------------------------------------------------------------------------------------------
@@ -214,8 +276,10 @@ class FastDuckDBOfflineStore(DuckDBOfflineStore):
         filter_by_created_timestamp: bool = False,
     ) -> RetrievalJob:
         job = None
-        if isinstance(entity_df, pd.DataFrame) and not filter_by_created_timestamp:
-            job = _fast_job(config, feature_views, feature_refs, entity_df, full_feature_names)
+        if isinstance(entity_df, pd.DataFrame):
+            job = _fast_job(
+                config, feature_views, feature_refs, entity_df, full_feature_names, filter_by_created_timestamp
+            )
         if job is not None:
             return job
         logger.info("point-in-time join through Feast's DuckDB store (request not supported by the ASOF path)")
@@ -231,6 +295,7 @@ def _fast_job(
     feature_refs: list[str],
     entity_df: pd.DataFrame,
     full_feature_names: bool,
+    filter_created: bool = False,
 ) -> IbisRetrievalJob | None:
     reads = _plan(feature_views, feature_refs, full_feature_names)
     timestamp_col = infer_event_timestamp_from_entity_df(dict(zip(entity_df.columns, entity_df.dtypes, strict=True)))
@@ -241,8 +306,9 @@ def _fast_job(
     t_range = (entities[timestamp_col].min().to_pydatetime(), entities[timestamp_col].max().to_pydatetime())
     con = ibis.duckdb.connect()  # per job: it holds the entity table until the job is gone
     # Through ibis's own pandas conversion, so entity columns come back exactly as from Feast's memtable.
-    con.con.register(_ENTITY_TABLE, ibis.memtable(entities).to_pyarrow())
-    table = con.sql(build_query(reads, timestamp_col, t_range))
+    arrow = ibis.memtable(entities).to_pyarrow()
+    con.con.register(_ENTITY_TABLE, arrow.append_column(_ROW, pa.array(np.arange(len(arrow), dtype=np.int64))))
+    table = con.sql(build_query(reads, timestamp_col, t_range, filter_created))
     return IbisRetrievalJob(
         table,
         [],

@@ -65,8 +65,8 @@ def _entities() -> pd.DataFrame:
     return entities.assign(**{ROW: range(len(entities))})
 
 
-def _uses_asof(job) -> bool:
-    return "ASOF" in ibis.to_sql(job.table)
+def _served_by_fast_store(job) -> bool:
+    return "__fast_entities" in ibis.to_sql(job.table)
 
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
@@ -77,8 +77,7 @@ def _both(stores, features, **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
     fast, feast = stores
     entities = _entities()
     fast_job = fast.get_historical_features(entity_df=entities.copy(), features=features, **kwargs)
-    # The created-time filter is served by Feast's own join (see churn_common.feast_offline).
-    assert _uses_asof(fast_job) is not kwargs.get("filter_by_created_timestamp", False)
+    assert _served_by_fast_store(fast_job)
     expected = feast.get_historical_features(entity_df=entities.copy(), features=features, **kwargs)
     assert fast_job.to_arrow().schema == expected.to_arrow().schema
     return _sorted(fast_job.to_df()), _sorted(expected.to_df())
@@ -128,7 +127,7 @@ def _views_with_ttls(store: FeatureStore) -> list[FeatureView]:
     return [
         view("short", timedelta(hours=13), [sessions]),
         view("long", timedelta(days=5), [sessions, minutes]),
-        view("forever", timedelta(0), [Field(name="tenure_days", dtype=Int64)]),
+        view("forever", timedelta(0), [Field(name="tenure_days", dtype=Int64), sessions]),
     ]
 
 
@@ -158,3 +157,102 @@ def test_field_mapping_falls_back_to_feast(stores):
     view.batch_source.field_mapping = {}
     assert _plan([view], ["user_status_daily:plan"], full_feature_names=False) is not None
     assert _plan([view], ["some_on_demand_view:plan"], full_feature_names=False) is None
+
+
+# --- filter_by_created_timestamp on late-created data ---------------------------------------------------------------
+
+
+def _recomputed(frame: pd.DataFrame, users, day, created_after: timedelta, bump: int) -> pd.DataFrame:
+    rows = frame[frame["user_id"].isin(users) & frame["event_timestamp"].eq(day_end(day))].copy()
+    rows["sessions_7d"] += bump
+    rows["plan"] = f"recomputed+{bump}"
+    rows["created"] = rows["event_timestamp"] + created_after
+    return rows
+
+
+@pytest.fixture
+def late_snapshots(settings: Settings) -> pd.DataFrame:
+    """Snapshots whose created times make the created-time filter change the answer.
+
+    Users 1-6: days 4 and 10 recomputed three days later (after later days' snapshots were created). Users 3-8:
+    day 7 recomputed 6 h later (same event time, a created-time tie for labels after both). User 9: a row created
+    before its event time. User 10: an extra row without a created time. User 11: every snapshot created 30 h
+    late. Users 7-12 start on day 3, users 9-12 miss days 8-13 (longer than the ttl).
+    """
+    frame = random_snapshots(range(1, 13), DAYS, seed=23)
+    late = frame["user_id"].gt(6) & frame["event_timestamp"].lt(day_end(DAYS[3]))
+    gap = frame["user_id"].gt(8) & frame["event_timestamp"].between(day_end(DAYS[8]), day_end(DAYS[13]))
+    frame = frame[~late & ~gap].reset_index(drop=True)
+    frame.loc[frame["user_id"].eq(11), "created"] = frame["event_timestamp"] + timedelta(hours=30)
+    extra = [
+        _recomputed(frame, range(1, 7), DAYS[4], timedelta(days=3), 1000),
+        _recomputed(frame, range(1, 7), DAYS[10], timedelta(days=3), 2000),
+        _recomputed(frame, range(3, 9), DAYS[7], timedelta(hours=6), 3000),
+        _recomputed(frame, [9], DAYS[15], -timedelta(hours=5), 4000),
+        _recomputed(frame, [10], DAYS[16], timedelta(0), 5000).assign(created=pd.NaT),
+    ]
+    extra = pd.concat(extra, ignore_index=True).astype({"created": "datetime64[us, UTC]"})
+    # The recomputed day-15 row of user 9 is stored with an event time 12 h later than its created time.
+    nine = extra["user_id"].eq(9)
+    extra.loc[nine, "event_timestamp"] = extra.loc[nine, "event_timestamp"] + timedelta(hours=7)
+    write_snapshots(frame, settings.paths.snapshots)
+    write_snapshots(extra, settings.paths.snapshots, part="part-late")
+    return pd.concat([frame, extra], ignore_index=True)
+
+
+@pytest.fixture
+def late_stores(settings: Settings, late_snapshots) -> tuple[FeatureStore, FeatureStore]:
+    apply_repo(settings)
+    return _store(settings, FastDuckDBOfflineStoreConfig()), _store(settings, DuckDBOfflineStoreConfig())
+
+
+def _dense_labels() -> pd.DataFrame:
+    """Every 5 hours from a day before the first snapshot to four days after the last, for users 1-13."""
+    times = pd.date_range(day_end(DAYS[0]) - pd.Timedelta(days=1), day_end(DAYS[-1]) + pd.Timedelta(days=4), freq="5h")
+    index = pd.MultiIndex.from_product([range(1, 14), times], names=["user_id", "event_timestamp"])
+    entities = index.to_frame(index=False).astype({"user_id": "int64", "event_timestamp": "datetime64[us, UTC]"})
+    entities = entities.sample(frac=1.0, random_state=5).reset_index(drop=True)
+    return entities.assign(**{ROW: range(len(entities))})
+
+
+def _late_both(late_stores, features, **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    fast, feast = late_stores
+    entities = _dense_labels()
+    fast_job = fast.get_historical_features(entity_df=entities.copy(), features=features, **kwargs)
+    assert _served_by_fast_store(fast_job)
+    expected = feast.get_historical_features(entity_df=entities.copy(), features=features, **kwargs)
+    assert fast_job.to_arrow().schema == expected.to_arrow().schema
+    return _sorted(fast_job.to_df()), _sorted(expected.to_df())
+
+
+def test_created_filter_on_late_data_equals_feast(late_stores):
+    service = late_stores[1].get_feature_service(FEATURE_SERVICE)
+    got, expected = _late_both(late_stores, service, filter_by_created_timestamp=True)
+    pd.testing.assert_frame_equal(got, expected)
+    unfiltered, _ = _late_both(late_stores, service)
+    changed = got["sessions_7d"].ne(unfiltered["sessions_7d"]) & unfiltered["sessions_7d"].notna()
+    assert changed.sum() > 50  # the filter really decides many of these rows
+    assert got["plan"].str.startswith("recomputed").sum() > 10  # and late rows are picked once created
+    assert 0.2 < got["sessions_7d"].notna().mean() < 0.95
+
+
+def test_created_filter_without_ttl_equals_feast(late_stores):
+    """A source with a view without a ttl takes the availability-ordered ASOF join; mixed ttls on one source."""
+    late_stores[1].apply(_views_with_ttls(late_stores[1]))
+    for refs in (
+        ["forever:tenure_days", "forever:sessions_7d"],
+        ["long:watch_minutes_7d", "short:sessions_7d", "forever:tenure_days", "forever:sessions_7d"],
+    ):
+        got, expected = _late_both(late_stores, refs, filter_by_created_timestamp=True, full_feature_names=True)
+        pd.testing.assert_frame_equal(got, expected)
+    unfiltered, _ = _late_both(late_stores, refs, full_feature_names=True)
+    assert got["forever__sessions_7d"].ne(unfiltered["forever__sessions_7d"]).sum() > 50
+
+
+def test_created_filter_matches_oracle(settings, late_stores, late_snapshots):
+    fast = late_stores[0]
+    entities = _dense_labels().drop(columns=ROW)
+    frame = get_training_frame(fast, entities, FEATURE_SERVICE, filter_by_created_timestamp=True)
+    schema = service_schema(fast.get_feature_service(FEATURE_SERVICE))
+    expected = normalize(oracle(late_snapshots, entities, list(schema.features), True), schema)
+    pd.testing.assert_frame_equal(frame[list(schema.features)].reset_index(drop=True), expected)
