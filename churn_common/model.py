@@ -97,7 +97,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         scores = self.estimator.predict_proba(stacked)[:, 1].reshape(n_rows, width)
         base = scores[:, 0]
         contributions = base[:, None] - scores[:, 1:]
-        reasons = [self._top_reasons(_row_reader(columns, i), contributions[i], top_k) for i in range(n_rows)]
+        reasons = [self.top_reasons(_row_reader(columns, i), contributions[i], top_k) for i in range(n_rows)]
         return base, reasons
 
     def _columns(self, rows: pd.DataFrame | Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
@@ -124,7 +124,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
             raise SchemaError(f"model input misses features {missing}")
         return frame[self.feature_names]
 
-    def _top_reasons(self, value_of: Callable[[str], Any], contributions: np.ndarray, top_k: int) -> list[dict]:
+    def top_reasons(self, value_of: Callable[[str], Any], contributions: np.ndarray, top_k: int) -> list[dict]:
         # Ties are broken by feature name so equal contributions always come back in the same order.
         ranked = sorted(zip(contributions, self.feature_names, strict=True), key=lambda cn: (-cn[0], cn[1]))
         return [

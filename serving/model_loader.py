@@ -24,7 +24,7 @@ from churn_common.model import ChurnModel
 from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE_TAG, REGISTERED_MODEL
 from churn_common.store import get_feature_service
 from serving.features import FeatureReader
-from serving.scoring import BatchScorer, VectorScorer
+from serving.scoring import Scorer, scorer_for
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Champion:
     reader: FeatureReader
     view_count: int
     scores: ScoreCache
-    scorer: BatchScorer
+    scorer: Scorer
 
 
 @dataclass
@@ -120,7 +120,7 @@ class ChampionLoader:
             raise ConfigurationError(f"model {version.version} needs features {unknown} not in {service_name}")
         reader = self._make_reader(self._store, service)
         views = len(service.feature_view_projections)
-        scores, scorer = ScoreCache(self._score_cache_size), BatchScorer(VectorScorer(model, schema))
+        scorer, scores = scorer_for(model, schema), ScoreCache(self._score_cache_size)
         return Champion(
             model,
             version.name,

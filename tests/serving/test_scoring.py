@@ -14,7 +14,7 @@ from churn_common.model import ChurnModel, RiskThresholds
 from churn_common.names import FEATURE_SERVICE
 from churn_common.online import OnlineVector
 from churn_common.store import feature_store
-from serving.scoring import BatchScorer, Scored
+from serving.scoring import BatchScorer, CompiledScorer, Scored, VectorScorer, scorer_for
 from tests.serving.conftest import app_client
 from tests.serving.expected import expected_prediction
 from tests.serving.world import FRESH_USERS, World
@@ -82,6 +82,31 @@ def test_score_and_explain_on_the_champion_pipeline(world: World):
         assert [(r["feature"], r["value"]) for r in got] == [(r["feature"], r["value"]) for r in want]
         assert [r["contribution"] for r in got] == pytest.approx([r["contribution"] for r in want], abs=2e-6)
     assert from_columns[0].tolist() == probabilities.tolist() and from_columns[1] == reasons
+
+
+@pytest.mark.redis
+def test_the_champion_is_scored_compiled_with_the_sklearn_answers(world: World):
+    """The serving world's champion compiles; its scores and reasons equal the sklearn scorer's on real vectors, and
+    a model that does not compile is scored by sklearn."""
+    schema = service_schema(feature_store(world.settings).get_feature_service(FEATURE_SERVICE))
+    rows = normalize(world.snapshots.sample(30, random_state=7).reset_index(drop=True), schema)
+    rows = rows.astype(object).where(rows.notna(), None)
+    vectors = [
+        OnlineVector(i, row, None, (), ()) for i, row in enumerate(rows[world.model.feature_names].to_dict("records"))
+    ]
+
+    compiled = scorer_for(world.model, schema)
+    got = asyncio.run(compiled.score(vectors))
+
+    assert isinstance(compiled, CompiledScorer)
+    want = VectorScorer(world.model, schema)(vectors)
+    assert [g.probability for g in got] == pytest.approx([w.probability for w in want], abs=1e-12)
+    assert [(g.band, g.reasons) for g in got] == [(w.band, w.reasons) for w in want]
+    assert len({g.band for g in got}) > 1
+    opaque = ChurnModel(
+        ElementwiseLogit(), ["a", "b", "n", "plan"], RiskThresholds(0.6, 0.3), {"a": 0, "b": 0, "n": 0, "plan": "x"}
+    )
+    assert isinstance(scorer_for(opaque, schema), BatchScorer)
 
 
 def test_score_and_explain_names_missing_columns():
