@@ -33,7 +33,7 @@ from churn_common.online import read_online
 from churn_common.settings import PROJECT_ROOT, Settings
 from churn_common.store import apply_repo, feature_store
 from serving.app import create_app
-from serving.features import make_reader, redis_client
+from serving.features import make_reader, redis_pipe
 from tests.feature_repo.factories import random_snapshots, write_snapshots
 from tests.serving.world import (
     World,
@@ -115,14 +115,14 @@ def reader_micro(world: World, users: int, rounds: int = 300) -> tuple[float, fl
     now = datetime.now(UTC)
 
     async def direct() -> list[float]:
-        client = redis_client(store)
-        reader = make_reader(store, service, client, timeout_s=1.0)
+        pipe = redis_pipe(store)
+        reader = make_reader(store, service, pipe, timeout_s=1.0)
         times = []
         for i in range(rounds):
             started = time.perf_counter()
             await reader.read([1 + i % users], now)
             times.append(time.perf_counter() - started)
-        await client.aclose()
+        await pipe.aclose()
         return times
 
     feast_times = []

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 # Compiled and sklearn probabilities may differ by float summation order, never by more than this.
 VERIFY_TOLERANCE = 1e-9
+# Occlusion index arrays are kept for batches up to this many rows (single requests and small batches).
+_KEPT_PLANS = 8
 _NAN_KEY = object()  # a category that is float NaN: NaN != NaN, so it cannot key a dict as itself
 
 
@@ -134,6 +136,7 @@ class CompiledModel:
         self._width = numeric.width + one_hot.width
         reference = self.encode_rows([model.reference_values])[0]
         self._occlusion = self._occlusion_plan(reference)
+        self._occlusion_by_rows: dict[int, tuple[tuple[np.ndarray, np.ndarray], np.ndarray]] = {}
 
     @property
     def categories(self) -> dict[str, list[Any]]:
@@ -146,7 +149,8 @@ class CompiledModel:
 
     def encode_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Rows (feature name -> value, None for missing) to the matrix the classifier sees."""
-        numbers = np.array([[_number(row[name]) for name in self._numeric_names] for row in rows], dtype=np.float64)
+        # numpy turns None into NaN when it builds a float64 array, which is how missing numbers reach sklearn.
+        numbers = np.array([[row[name] for name in self._numeric_names] for row in rows], dtype=np.float64)
         strings = [[row[name] for row in rows] for name in self._string_names]
         return self._assemble(numbers.reshape(len(rows), len(self._numeric_names)), strings, len(rows))
 
@@ -163,11 +167,8 @@ class CompiledModel:
         encoded = self.encode_rows(rows)
         width = len(self.model.feature_names) + 1
         stacked = np.repeat(encoded, width, axis=0)
-        rows_at, columns_at, values = self._occlusion
-        offsets = np.arange(len(rows)) * width
-        stacked[(rows_at[None, :] + offsets[:, None]).ravel(), np.tile(columns_at, len(rows))] = np.tile(
-            values, len(rows)
-        )
+        cells, values = self._occlusion_cells(len(rows))
+        stacked[cells] = values
         scores = self.proba(stacked).reshape(len(rows), width)
         base = scores[:, 0]
         contributions = base[:, None] - scores[:, 1:]
@@ -175,6 +176,18 @@ class CompiledModel:
             self.model.top_reasons(self._value_reader(row), contributions[i], top_k) for i, row in enumerate(rows)
         ]
         return base, reasons
+
+    def _occlusion_cells(self, n_rows: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+        """The occlusion plan repeated for ``n_rows`` stacked groups, kept for the small counts requests use."""
+        plan = self._occlusion_by_rows.get(n_rows)
+        if plan is None:
+            rows_at, columns_at, values = self._occlusion
+            offsets = np.arange(n_rows) * (len(self.model.feature_names) + 1)
+            cells = ((rows_at[None, :] + offsets[:, None]).ravel(), np.tile(columns_at, n_rows))
+            plan = (cells, np.tile(values, n_rows))
+            if n_rows <= _KEPT_PLANS:
+                self._occlusion_by_rows[n_rows] = plan
+        return plan
 
     def _value_reader(self, row: Mapping[str, Any]) -> Callable[[str], Any]:
         """Reported values as sklearn's path reports them: numbers as floats (a count read as an int included)."""
@@ -191,10 +204,6 @@ class CompiledModel:
             columns_at += columns_of[name]
         columns = np.array(columns_at, dtype=np.intp)
         return np.array(rows_at, dtype=np.intp), columns, reference[columns]
-
-
-def _number(value: Any) -> float:
-    return math.nan if value is None else value
 
 
 class _Head:

@@ -10,6 +10,7 @@ It needs no model internals, so it works for any estimator with ``predict_proba`
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import mlflow.pyfunc
@@ -126,17 +127,24 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
 
     def top_reasons(self, value_of: Callable[[str], Any], contributions: np.ndarray, top_k: int) -> list[dict]:
         # Ties are broken by feature name so equal contributions always come back in the same order.
-        ranked = sorted(zip(contributions, self.feature_names, strict=True), key=lambda cn: (-cn[0], cn[1]))
+        ranked = np.lexsort((self._name_ranks, -contributions))[:top_k]
         return [
             {
-                "feature": name,
-                "value": _json_value(value_of(name)),
+                "feature": self.feature_names[j],
+                "value": _json_value(value_of(self.feature_names[j])),
                 "direction": "up",
-                "contribution": round(float(contribution), 6),
+                "contribution": round(float(contributions[j]), 6),
             }
-            for contribution, name in ranked[:top_k]
-            if contribution > _MIN_CONTRIBUTION
+            for j in ranked
+            if contributions[j] > _MIN_CONTRIBUTION
         ]
+
+    @cached_property
+    def _name_ranks(self) -> np.ndarray:
+        """Each feature's position in name order (computed on first use: pickled models predate it)."""
+        ranks = np.empty(len(self.feature_names), dtype=np.intp)
+        ranks[np.argsort(np.array(self.feature_names))] = np.arange(len(self.feature_names))
+        return ranks
 
 
 def _row_reader(columns: Mapping[str, np.ndarray], i: int) -> Callable[[str], Any]:

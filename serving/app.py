@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 from churn_common.settings import Settings
 from churn_common.store import feature_store
 from serving.auth import require_token
-from serving.features import FeatureReader, make_reader, redis_client
+from serving.features import FeatureReader, make_reader, redis_pipe
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.model_loader import (
     SCORE_CACHE_SIZE,
@@ -28,21 +28,19 @@ from serving.routes import predict_router, router
 from serving.state import ServingState
 
 logger = logging.getLogger(__name__)
-# Connections beyond the request bound (settings.max_concurrency): /ready probes read Redis outside it.
-_SPARE_REDIS_CONNECTIONS = 4
 
 
 def _build_state(settings: Settings, metrics: ServingMetrics, score_cache_size: int) -> ServingState:
     store = feature_store(settings)
-    client = redis_client(store, settings.max_concurrency + _SPARE_REDIS_CONNECTIONS)
+    pipe = redis_pipe(store)
     timeout_s = settings.online_timeout_ms / 1000
 
     def reader_factory(store: FeatureStore, service: FeatureService) -> FeatureReader:
-        return make_reader(store, service, client, timeout_s)
+        return make_reader(store, service, pipe, timeout_s)
 
     loader = ChampionLoader(settings.tracking_uri, store, reader_factory, score_cache_size)
     slots = asyncio.Semaphore(settings.max_concurrency)
-    return ServingState(settings, metrics, store, client, loader, ChampionHolder(), slots)
+    return ServingState(settings, metrics, store, pipe, loader, ChampionHolder(), slots)
 
 
 def _lifespan(settings: Settings, metrics: ServingMetrics, score_cache_size: int):

@@ -1,25 +1,26 @@
 """Online feature reading for one FeatureService.
 
-Two readers share one interface. ``RedisFeatureReader`` reads Feast's Redis layout directly with redis.asyncio
-(one HMGET per user covering every view of the service), because Feast's ``get_online_features`` costs several
-milliseconds of Python per call. ``FeastFeatureReader`` goes through ``churn_common.online.OnlineReader`` and
-serves every other online store (the embedded SQLite profile). Both apply the offline ttl rule: a view whose
-newest value is older than its ttl at ``now`` reads as stale, its features as None.
+Two readers share one interface. ``RedisFeatureReader`` reads Feast's Redis layout directly over one pipelined
+connection (``serving.redis_pipe``; one HMGET per user covering every view of the service), because Feast's
+``get_online_features`` costs several milliseconds of Python per call. ``FeastFeatureReader`` goes through
+``churn_common.online.OnlineReader`` and serves every other online store (the embedded SQLite profile). Both apply
+the offline ttl rule: a view whose newest value is older than its ttl at ``now`` reads as stale, its features as
+None.
 """
 
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import anyio.to_thread
-import redis.asyncio as aioredis
-import redis.exceptions
+import hiredis
 from feast import FeatureService, FeatureStore
 from feast.infra.key_encoding_utils import serialize_entity_key_prefix
 from feast.infra.online_stores.helpers import _mmh3
@@ -32,12 +33,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from churn_common.errors import ConfigurationError, FeatureStoreUnavailable
 from churn_common.names import JOIN_KEY
 from churn_common.online import OnlineReader, OnlineVector, is_fresh
+from serving.redis_pipe import RedisAddress, RedisPipe
 
 logger = logging.getLogger(__name__)
 
 _INT64_VALUE_HEADER = int(ValueType.INT64).to_bytes(4, "little") + (8).to_bytes(4, "little")
 _SCAN_PAGES, _SCAN_PAGE_SIZE, _SAMPLE_KEYS = 10, 1000, 100
-_REDIS_FAILURES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError)
+DECODE_CACHE_SIZE = 100_000
 
 
 class FeatureReader(Protocol):
@@ -73,9 +75,7 @@ def plan_views(store: FeatureStore, service: FeatureService) -> tuple[ViewPlan, 
     return tuple(plans)
 
 
-def _decode_value(raw: bytes | None, message: ValueProto) -> Any:
-    if not raw:
-        return None
+def _decode_value(raw: bytes, message: ValueProto) -> Any:
     message.ParseFromString(raw)
     kind = message.WhichOneof("val")
     return None if kind is None or kind == "null_val" else getattr(message, kind)
@@ -89,77 +89,108 @@ def _decode_timestamp(raw: bytes | None) -> datetime | None:
     return datetime.fromtimestamp(stamp.seconds + stamp.nanos / 1e9, tz=UTC)
 
 
+_ABSENT = {None: None, b"": None}
+
+
+class _Decoded(dict):
+    """Serialised ValueProto or Timestamp -> Python value, parsed once per distinct byte string.
+
+    Feature values repeat across users (counts, categories, one event time per snapshot day), so a lookup replaces
+    most protobuf parses on the request path. Bounded: cleared when full, as the repeating values come back at once.
+    A field Redis does not have (None) and an empty value (Feast's null) read as None.
+    """
+
+    def __init__(self, parse: Callable[[bytes], Any], limit: int = DECODE_CACHE_SIZE) -> None:
+        super().__init__(_ABSENT)
+        self._parse = parse
+        self._limit = limit
+
+    def __missing__(self, raw: bytes) -> Any:
+        if len(self) >= self._limit:
+            self.clear()
+            self.update(_ABSENT)
+        value = self[raw] = self._parse(raw)
+        return value
+
+
 class RedisFeatureReader:
     """Reads the hashes Feast's Redis online store writes: key = serialized entity key + project."""
 
-    def __init__(self, client: aioredis.Redis, project: str, views: tuple[ViewPlan, ...], timeout_s: float):
-        self._client = client
+    def __init__(self, pipe: RedisPipe | None, project: str, views: tuple[ViewPlan, ...], timeout_s: float):
+        self._pipe = pipe
         self._project = project.encode()
         self._views = views
-        self._fields = [field for view in views for field in view.hash_fields()]
+        fields = [field for view in views for field in view.hash_fields()]
+        # HMGET <key> <fields...>: everything but the key is the same for every user, so it is packed once.
+        self._hmget_head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
+        self._hmget_tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
         self._key_prefix = serialize_entity_key_prefix([JOIN_KEY]) + _INT64_VALUE_HEADER
         self._timeout_s = timeout_s
+        self._values = _Decoded(partial(_decode_value, message=ValueProto()))
+        self._stamps = _Decoded(_decode_timestamp)
 
     def redis_key(self, user_id: int) -> bytes:
         return self._key_prefix + user_id.to_bytes(8, "little", signed=True) + self._project
 
+    def _hmget(self, user_id: int) -> bytes:
+        key = self.redis_key(user_id)
+        return b"%s$%d\r\n%s\r\n%s" % (self._hmget_head, len(key), key, self._hmget_tail)
+
     async def read(self, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]:
-        if len(user_ids) == 1:
-            rows = [await self._guarded(self._client.hmget(self.redis_key(user_ids[0]), self._fields))]
-        else:
-            pipe = self._client.pipeline(transaction=False)
-            for user_id in user_ids:
-                pipe.hmget(self.redis_key(user_id), self._fields)
-            rows = await self._guarded(pipe.execute())
+        rows = await self._execute(b"".join(map(self._hmget, user_ids)), len(user_ids))
         return [self._vector(user_id, row, now) for user_id, row in zip(user_ids, rows, strict=True)]
 
-    async def _guarded(self, call):
+    async def _execute(self, payload: bytes, replies: int) -> list:
         try:
             async with asyncio.timeout(self._timeout_s):
-                return await call
-        except _REDIS_FAILURES as exc:
-            raise FeatureStoreUnavailable(f"online store (Redis) did not answer in time: {exc!r}") from exc
+                return await self._pipe.execute(payload, replies)
+        except TimeoutError as exc:
+            # A connection that stopped answering may never recover (half-open); the next read opens a new one.
+            self._pipe.drop("a command timed out")
+            raise FeatureStoreUnavailable(f"online store (Redis) did not answer in time ({self._timeout_s}s)") from exc
 
     def _vector(self, user_id: int, row: list[bytes | None], now: datetime) -> OnlineVector:
         features: dict[str, Any] = {}
-        message = ValueProto()
-        stamps, stale, missing = [], [], []
+        values, stamps = self._values, self._stamps
+        event_times, stale, missing = [], [], []
         offset = 0
         for view in self._views:
             width = len(view.features)
-            event_time = _decode_timestamp(row[offset + width])
+            event_time = stamps[row[offset + width]]
             usable = event_time is not None and is_fresh(event_time, view.ttl, now)
-            for name, raw in zip(view.features, row[offset : offset + width], strict=True):
-                features[name] = _decode_value(raw, message) if usable else None
+            if usable:
+                features.update(zip(view.features, map(values.__getitem__, row[offset : offset + width]), strict=True))
+            else:
+                features.update(dict.fromkeys(view.features))
             if event_time is None:
                 missing.append(view.label)
             else:
-                stamps.append(event_time)
+                event_times.append(event_time)
                 if not usable:
                     stale.append(view.label)
             offset += width + 1
-        as_of = max(stamps, default=None)
+        as_of = max(event_times, default=None)
         return OnlineVector(user_id, features, as_of, tuple(stale), tuple(missing))
 
     async def newest_timestamp(self) -> datetime | None:
         """Newest snapshot time among a bounded sample of this project's keys."""
-        keys = await self._guarded(self._sample_keys())
+        keys = await self._sample_keys()
         if not keys:
             return None
-        pipe = self._client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hmget(key, [view.ts_field for view in self._views])
-        stamps = [_decode_timestamp(raw) for row in await self._guarded(pipe.execute()) for raw in row]
+        fields = [view.ts_field for view in self._views]
+        payload = b"".join(hiredis.pack_command(("HMGET", key, *fields)) for key in keys)
+        stamps = [_decode_timestamp(raw) for row in await self._execute(payload, len(keys)) for raw in row]
         return max((stamp for stamp in stamps if stamp is not None), default=None)
 
     async def _sample_keys(self) -> list[bytes]:
         # The db may hold other projects' keys, so SCAN a few pages rather than one; bounded either way.
         pattern = self._key_prefix + b"*" + self._project
-        cursor, found = 0, []
+        cursor, found = b"0", []
         for _ in range(_SCAN_PAGES):
-            cursor, keys = await self._client.scan(cursor, match=pattern, count=_SCAN_PAGE_SIZE)
+            scan = hiredis.pack_command(("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_PAGE_SIZE))
+            [(cursor, keys)] = await self._execute(scan, 1)
             found += keys
-            if cursor == 0 or len(found) >= _SAMPLE_KEYS:
+            if cursor == b"0" or len(found) >= _SAMPLE_KEYS:
                 break
         return found[:_SAMPLE_KEYS]
 
@@ -206,9 +237,8 @@ def _sqlite_newest(store: FeatureStore, service: FeatureService) -> datetime | N
     return None if not newest or None in newest else datetime.fromtimestamp(min(newest), UTC)
 
 
-def redis_client(store: FeatureStore, max_connections: int | None = None) -> aioredis.Redis | None:
-    """An asyncio client for the store's Redis, parsed exactly as Feast parses its connection string, holding at
-    most ``max_connections`` connections (past that a call fails as unavailable instead of opening more).
+def redis_pipe(store: FeatureStore) -> RedisPipe | None:
+    """A pipelined connection to the store's Redis, addressed exactly as Feast parses its connection string.
 
     None when the online store is not a single Redis node (then reads go through Feast)."""
     config = store.config.online_store
@@ -217,13 +247,13 @@ def redis_client(store: FeatureStore, max_connections: int | None = None) -> aio
         return None
     if store.config.entity_key_serialization_version != 3:
         raise ConfigurationError("the direct Redis reader needs entity_key_serialization_version 3")
-    nodes, kwargs = RedisOnlineStore._parse_connection_string(config.connection_string)
-    return aioredis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), max_connections=max_connections, **kwargs)
+    nodes, options = RedisOnlineStore._parse_connection_string(config.connection_string)
+    return RedisPipe(RedisAddress.from_options(nodes[0]["host"], nodes[0]["port"], options))
 
 
 def make_reader(
-    store: FeatureStore, service: FeatureService, client: aioredis.Redis | None, timeout_s: float
+    store: FeatureStore, service: FeatureService, pipe: RedisPipe | None, timeout_s: float
 ) -> FeatureReader:
-    if client is None:
+    if pipe is None:
         return FeastFeatureReader(store, service, timeout_s)
-    return RedisFeatureReader(client, store.project, plan_views(store, service), timeout_s)
+    return RedisFeatureReader(pipe, store.project, plan_views(store, service), timeout_s)

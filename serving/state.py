@@ -3,12 +3,12 @@
 import asyncio
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from feast import FeatureStore
 
 from churn_common.settings import Settings
 from serving.metrics import ServingMetrics
 from serving.model_loader import ChampionHolder, ChampionLoader
+from serving.redis_pipe import RedisPipe
 
 
 @dataclass
@@ -16,7 +16,7 @@ class ServingState:
     settings: Settings
     metrics: ServingMetrics
     store: FeatureStore
-    redis: aioredis.Redis | None
+    redis: RedisPipe | None
     loader: ChampionLoader
     holder: ChampionHolder
     # Bounds in-flight scoring so overload queues here instead of stretching every request's latency.

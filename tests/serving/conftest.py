@@ -1,9 +1,13 @@
 """Fixtures for the serving tests: one real world per session (Feast project on Redis db 11, MLflow champion)."""
 
+import os
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -59,3 +63,31 @@ def app_client(settings: Settings, **app_options) -> Iterator[httpx.Client]:
 def api(world: World) -> Iterator[httpx.Client]:
     with app_client(world.settings) as client:
         yield client
+
+
+@contextmanager
+def redis_server(
+    port: int, workdir: Path, password: str | None = None, options: tuple[str, ...] = ()
+) -> Iterator[subprocess.Popen]:
+    """A throwaway redis-server on ``port``; SAVE writes ``workdir/dump.rdb``, which a restart on the same dir
+    loads. ``options`` are more redis-server arguments."""
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    command += ["--requirepass", password] if password else []
+    process = subprocess.Popen([*command, "--dir", str(workdir), *options], stdout=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port, password=password)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "throwaway redis-server did not start"
+                time.sleep(0.05)
+        client.close()
+        yield process
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
+            process.terminate()
+            process.wait(timeout=10)

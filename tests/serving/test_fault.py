@@ -2,11 +2,8 @@
 
 import os
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -14,33 +11,10 @@ import pytest
 import redis
 
 from tests.conftest import unique_name
+from tests.serving.conftest import redis_server
 from tests.serving.world import FRESH_USERS, World, free_port, make_world, running_server, server_env
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e, pytest.mark.slow]
-
-
-@contextmanager
-def redis_server(port: int, workdir: Path) -> Iterator[subprocess.Popen]:
-    """redis-server on ``port``; SAVE writes ``workdir/dump.rdb``, which a restart on the same dir loads."""
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen([*command, "--dir", str(workdir)], stdout=subprocess.DEVNULL)
-    try:
-        client = redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "throwaway redis-server did not start"
-                time.sleep(0.05)
-        client.close()
-        yield process
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGCONT)
-            process.terminate()
-            process.wait(timeout=10)
 
 
 class Recorder:

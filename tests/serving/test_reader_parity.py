@@ -13,7 +13,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 from churn_common.names import FEATURE_SERVICE, JOIN_KEY
 from churn_common.online import OnlineVector, read_online
 from churn_common.store import feature_store
-from serving.features import RedisFeatureReader, make_reader, redis_client
+from serving.features import RedisFeatureReader, make_reader, redis_pipe
 from tests.serving.world import FRESH_USERS, STALE_USERS, UNKNOWN_USER, World
 
 pytestmark = pytest.mark.redis
@@ -45,16 +45,16 @@ def read_both(world: World, now: datetime) -> tuple[list[OnlineVector], list[Onl
     service = store.get_feature_service(FEATURE_SERVICE)
 
     async def direct() -> list[OnlineVector]:
-        client = redis_client(store)
+        pipe = redis_pipe(store)
         try:
-            reader = make_reader(store, service, client, timeout_s=5.0)
+            reader = make_reader(store, service, pipe, timeout_s=5.0)
             assert isinstance(reader, RedisFeatureReader)
             batch = await reader.read(USERS, now)
             singles = [(await reader.read([user], now))[0] for user in USERS]
             assert_same(singles, batch)
             return batch
         finally:
-            await client.aclose()
+            await pipe.aclose()
 
     return asyncio.run(direct()), read_online(store, service, USERS, now)
 
