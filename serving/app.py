@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 def _build_state(settings: Settings, metrics: ServingMetrics, score_cache_size: int) -> ServingState:
     store = feature_store(settings)
-    pipe = redis_pipe(store)
     timeout_s = settings.online_timeout_ms / 1000
+    pipe = redis_pipe(store, timeout_s)
 
     def reader_factory(store: FeatureStore, service: FeatureService) -> FeatureReader:
         return make_reader(store, service, pipe, timeout_s)
@@ -98,8 +98,9 @@ def create_app(settings: Settings | None = None, *, score_cache_size: int = SCOR
         lifespan=_lifespan(settings, metrics, score_cache_size),
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.include_router(router)
     # Only a configured token adds the auth dependency, so the OpenAPI document never advertises auth it lacks.
     guards = [Depends(require_token)] if settings.api_token is not None else []
+    # Predictions first: routes are matched in order, and /predict is nearly all of the traffic.
     app.include_router(predict_router, dependencies=guards)
+    app.include_router(router)
     return app

@@ -116,7 +116,7 @@ class _Decoded(dict):
 class RedisFeatureReader:
     """Reads the hashes Feast's Redis online store writes: key = serialized entity key + project."""
 
-    def __init__(self, pipe: RedisPipe | None, project: str, views: tuple[ViewPlan, ...], timeout_s: float):
+    def __init__(self, pipe: RedisPipe | None, project: str, views: tuple[ViewPlan, ...]):
         self._pipe = pipe
         self._project = project.encode()
         self._views = views
@@ -125,7 +125,6 @@ class RedisFeatureReader:
         self._hmget_head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
         self._hmget_tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
         self._key_prefix = serialize_entity_key_prefix([JOIN_KEY]) + _INT64_VALUE_HEADER
-        self._timeout_s = timeout_s
         self._values = _Decoded(partial(_decode_value, message=ValueProto()))
         self._stamps = _Decoded(_decode_timestamp)
 
@@ -137,17 +136,8 @@ class RedisFeatureReader:
         return b"%s$%d\r\n%s\r\n%s" % (self._hmget_head, len(key), key, self._hmget_tail)
 
     async def read(self, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]:
-        rows = await self._execute(b"".join(map(self._hmget, user_ids)), len(user_ids))
+        rows = await self._pipe.execute(b"".join(map(self._hmget, user_ids)), len(user_ids))
         return [self._vector(user_id, row, now) for user_id, row in zip(user_ids, rows, strict=True)]
-
-    async def _execute(self, payload: bytes, replies: int) -> list:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await self._pipe.execute(payload, replies)
-        except TimeoutError as exc:
-            # A connection that stopped answering may never recover (half-open); the next read opens a new one.
-            self._pipe.drop("a command timed out")
-            raise FeatureStoreUnavailable(f"online store (Redis) did not answer in time ({self._timeout_s}s)") from exc
 
     def _vector(self, user_id: int, row: list[bytes | None], now: datetime) -> OnlineVector:
         features: dict[str, Any] = {}
@@ -179,7 +169,7 @@ class RedisFeatureReader:
             return None
         fields = [view.ts_field for view in self._views]
         payload = b"".join(hiredis.pack_command(("HMGET", key, *fields)) for key in keys)
-        stamps = [_decode_timestamp(raw) for row in await self._execute(payload, len(keys)) for raw in row]
+        stamps = [_decode_timestamp(raw) for row in await self._pipe.execute(payload, len(keys)) for raw in row]
         return max((stamp for stamp in stamps if stamp is not None), default=None)
 
     async def _sample_keys(self) -> list[bytes]:
@@ -188,7 +178,7 @@ class RedisFeatureReader:
         cursor, found = b"0", []
         for _ in range(_SCAN_PAGES):
             scan = hiredis.pack_command(("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_PAGE_SIZE))
-            [(cursor, keys)] = await self._execute(scan, 1)
+            [(cursor, keys)] = await self._pipe.execute(scan, 1)
             found += keys
             if cursor == b"0" or len(found) >= _SAMPLE_KEYS:
                 break
@@ -237,8 +227,9 @@ def _sqlite_newest(store: FeatureStore, service: FeatureService) -> datetime | N
     return None if not newest or None in newest else datetime.fromtimestamp(min(newest), UTC)
 
 
-def redis_pipe(store: FeatureStore) -> RedisPipe | None:
-    """A pipelined connection to the store's Redis, addressed exactly as Feast parses its connection string.
+def redis_pipe(store: FeatureStore, timeout_s: float) -> RedisPipe | None:
+    """A pipelined connection to the store's Redis, addressed exactly as Feast parses its connection string, failing
+    commands not answered within ``timeout_s``.
 
     None when the online store is not a single Redis node (then reads go through Feast)."""
     config = store.config.online_store
@@ -248,7 +239,7 @@ def redis_pipe(store: FeatureStore) -> RedisPipe | None:
     if store.config.entity_key_serialization_version != 3:
         raise ConfigurationError("the direct Redis reader needs entity_key_serialization_version 3")
     nodes, options = RedisOnlineStore._parse_connection_string(config.connection_string)
-    return RedisPipe(RedisAddress.from_options(nodes[0]["host"], nodes[0]["port"], options))
+    return RedisPipe(RedisAddress.from_options(nodes[0]["host"], nodes[0]["port"], options), timeout_s)
 
 
 def make_reader(
@@ -256,4 +247,4 @@ def make_reader(
 ) -> FeatureReader:
     if pipe is None:
         return FeastFeatureReader(store, service, timeout_s)
-    return RedisFeatureReader(pipe, store.project, plan_views(store, service), timeout_s)
+    return RedisFeatureReader(pipe, store.project, plan_views(store, service))

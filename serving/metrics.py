@@ -48,6 +48,19 @@ class ServingMetrics:
         self.freshness = Gauge(
             "churn_feature_age_seconds", "Age of the newest online feature snapshot seen", registry=r
         )
+        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        # labels() takes a lock and builds a key per call; the (endpoint, status) pairs are few, so keep their children.
+        children = self._request_children.get((endpoint, status))
+        if children is None:
+            code = str(status)
+            children = self._request_children[endpoint, status] = (
+                self.requests.labels(endpoint, code),
+                self.latency.labels(endpoint, code),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_vectors(self, vectors: Sequence[OnlineVector]) -> None:
         for vector in vectors:
@@ -113,6 +126,4 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
-            endpoint, code = _endpoint(scope), str(status)
-            self.metrics.requests.labels(endpoint, code).inc()
-            self.metrics.latency.labels(endpoint, code).observe(time.perf_counter() - started)
+            self.metrics.observe_request(_endpoint(scope), status, time.perf_counter() - started)

@@ -9,6 +9,8 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
+from operator import itemgetter
 from typing import Any
 
 import anyio.to_thread
@@ -71,6 +73,13 @@ class Champion:
     view_count: int
     scores: ScoreCache
     scorer: Scorer
+
+    @cached_property
+    def model_inputs(self) -> Callable[[dict[str, Any]], tuple]:
+        """Online features -> the model's inputs as a tuple, in model order (a score cache key)."""
+        names = self.model.feature_names
+        pick = itemgetter(*names)
+        return pick if len(names) > 1 else lambda features: (pick(features),)
 
 
 @dataclass

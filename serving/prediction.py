@@ -29,8 +29,7 @@ async def score(champion: Champion, vectors: Sequence[OnlineVector]) -> list[Sco
     cache = champion.scores
     if not cache.enabled:
         return await champion.scorer.score(vectors)
-    names = champion.model.feature_names
-    keys = [tuple(vector.features[name] for name in names) for vector in vectors]
+    keys = [champion.model_inputs(vector.features) for vector in vectors]
     cached = [cache.get(key) for key in keys]
     todo = [i for i, result in enumerate(cached) if result is None]
     fresh: dict[int, Scored] = {}

@@ -7,9 +7,9 @@ parses the replies, which resolve the callers' futures in order: Redis answers a
 order it received them, so the n-th reply belongs to the n-th command.
 
 An error reply fails its command with :class:`FeatureStoreUnavailable`; a lost connection fails every command in
-flight, and the next command reconnects. A caller's timeout drops the connection too (:meth:`RedisPipe.drop`): a
-connection that stopped answering may be half-open and never recover, and the commands queued behind the late one
-would time out as well. (A late reply is never misread: a command that timed out keeps its place in the queue.)
+flight, and the next command reconnects. A command unanswered after the timeout drops the connection the same
+way: one that stopped answering may be half-open and never recover, and every command queued behind the late one
+is late too. (A reply is never taken for another command's: a command whose caller went away keeps its place.)
 """
 
 import asyncio
@@ -64,36 +64,56 @@ class RedisAddress:
 
 
 class _Pending:
-    __slots__ = ("future", "replies", "expected")
+    __slots__ = ("future", "replies", "expected", "deadline")
 
-    def __init__(self, future: asyncio.Future, expected: int) -> None:
+    def __init__(self, future: asyncio.Future, expected: int, deadline: float) -> None:
         self.future = future
         self.replies: list[Any] = []
         self.expected = expected
+        self.deadline = deadline
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, on_lost) -> None:
+    """Commands in flight, oldest first. The oldest one's deadline is watched by one timer rather than a timeout per
+    command: Redis answers in order, so if it is late, everything behind it is too."""
+
+    def __init__(self, on_lost, timeout_s: float) -> None:
         self._reader = hiredis.Reader()
         self._pending: deque[_Pending] = deque()
         self._outgoing: list[bytes] = []
         self._transport: asyncio.Transport | None = None
         self._on_lost = on_lost
+        self._timeout_s = timeout_s
+        self._watchdog: asyncio.TimerHandle | None = None
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
 
     def send(self, payload: bytes, replies: int) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         if self.closed:
             future.set_exception(FeatureStoreUnavailable("the Redis connection is closed"))
             return future
         if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._outgoing.append(payload)
-        self._pending.append(_Pending(future, replies))
+        self._pending.append(_Pending(future, replies, loop.time() + self._timeout_s))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self._pending[0].deadline, self._check_deadline)
         return future
+
+    def _check_deadline(self) -> None:
+        self._watchdog = None
+        if self.closed or not self._pending:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._pending[0].deadline:
+            # A connection that stopped answering may be half-open and never recover: a new one is the way back.
+            self.close(f"online store (Redis) did not answer in time ({self._timeout_s}s)")
+        else:
+            self._watchdog = loop.call_at(self._pending[0].deadline, self._check_deadline)
 
     def _flush(self) -> None:
         if not self.closed and self._outgoing:
@@ -134,6 +154,8 @@ class _Protocol(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self._on_lost(self)
         while self._pending:
             future = self._pending.popleft().future
@@ -142,10 +164,12 @@ class _Protocol(asyncio.Protocol):
 
 
 class RedisPipe:
-    """Send RESP commands, get their replies; connects on first use and after any failure."""
+    """Send RESP commands, get their replies or FeatureStoreUnavailable within ``timeout_s``; connects on first use
+    and after any failure."""
 
-    def __init__(self, address: RedisAddress) -> None:
+    def __init__(self, address: RedisAddress, timeout_s: float) -> None:
         self.address = address
+        self.timeout_s = timeout_s
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
@@ -169,9 +193,12 @@ class RedisPipe:
             loop = asyncio.get_running_loop()
             tls = ssl.create_default_context() if self.address.tls else None
             try:
-                _, protocol = await loop.create_connection(
-                    lambda: _Protocol(self._forget), self.address.host, self.address.port, ssl=tls
-                )
+                async with asyncio.timeout(self.timeout_s):
+                    _, protocol = await loop.create_connection(
+                        lambda: _Protocol(self._forget, self.timeout_s), self.address.host, self.address.port, ssl=tls
+                    )
+            except TimeoutError as exc:
+                raise FeatureStoreUnavailable(f"cannot connect to Redis within {self.timeout_s}s") from exc
             except OSError as exc:
                 raise FeatureStoreUnavailable(f"cannot connect to Redis: {exc}") from exc
             await self._handshake(protocol)
@@ -185,7 +212,7 @@ class RedisPipe:
             return
         try:
             await protocol.send(b"".join(commands), len(commands))
-        # An error reply (wrong password, no such db), or the caller's timeout while Redis does not answer.
+        # An error reply (wrong password, no such db), or a caller going away meanwhile.
         except (FeatureStoreUnavailable, asyncio.CancelledError):
             protocol.close("the connection handshake failed")
             raise

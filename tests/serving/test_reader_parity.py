@@ -45,7 +45,7 @@ def read_both(world: World, now: datetime) -> tuple[list[OnlineVector], list[Onl
     service = store.get_feature_service(FEATURE_SERVICE)
 
     async def direct() -> list[OnlineVector]:
-        pipe = redis_pipe(store)
+        pipe = redis_pipe(store, timeout_s=5.0)
         try:
             reader = make_reader(store, service, pipe, timeout_s=5.0)
             assert isinstance(reader, RedisFeatureReader)
@@ -88,6 +88,6 @@ def test_same_ttl_rule_as_feast_at_the_boundaries(world: World, offset: timedelt
 @pytest.mark.parametrize("user_id", [1, 255, 256, 2**31, 2**63 - 1])
 def test_redis_key_is_feasts(world: World, user_id: int):
     store = feature_store(world.settings)
-    reader = RedisFeatureReader(None, store.project, (), timeout_s=1.0)
+    reader = RedisFeatureReader(None, store.project, ())
     entity = EntityKey(join_keys=[JOIN_KEY], entity_values=[Value(int64_val=user_id)])
     assert reader.redis_key(user_id) == _redis_key(store.project, entity, entity_key_serialization_version=3)

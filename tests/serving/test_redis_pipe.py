@@ -9,7 +9,6 @@ import pytest
 import redis
 
 from churn_common.errors import ConfigurationError, FeatureStoreUnavailable
-from serving.features import RedisFeatureReader
 from serving.redis_pipe import RedisAddress, RedisPipe
 from tests.conftest import REDIS_HOST, REDIS_PORT, TEST_REDIS_DB, unique_name
 from tests.serving.conftest import redis_server
@@ -37,7 +36,7 @@ def test_concurrent_commands_get_their_own_replies(redis_client: redis.Redis, ow
         redis_client.hset(f"{own_keys}:{i}", mapping={"a": f"a{i}", "b": i * 7})
 
     async def run() -> list:
-        pipe = RedisPipe(RedisAddress(REDIS_HOST, REDIS_PORT, db=TEST_REDIS_DB))
+        pipe = RedisPipe(RedisAddress(REDIS_HOST, REDIS_PORT, db=TEST_REDIS_DB), timeout_s=5.0)
         try:
             # Some calls carry several commands (a batch request), interleaved with single ones.
             singles = [pipe.execute(command("HMGET", f"{own_keys}:{i}", "a", "b")) for i in range(300)]
@@ -56,7 +55,7 @@ def test_an_error_reply_fails_only_its_command(redis_client: redis.Redis, own_ke
     redis_client.hset(f"{own_keys}:hash", "a", "1")
 
     async def run() -> tuple:
-        pipe = RedisPipe(RedisAddress(REDIS_HOST, REDIS_PORT, db=TEST_REDIS_DB))
+        pipe = RedisPipe(RedisAddress(REDIS_HOST, REDIS_PORT, db=TEST_REDIS_DB), timeout_s=5.0)
         try:
             wrong = pipe.execute(command("HGET", f"{own_keys}:string", "a"))
             right = pipe.execute(command("HGET", f"{own_keys}:hash", "a"))
@@ -76,7 +75,7 @@ def test_password_and_db_are_sent_before_the_first_command(tmp_path: Path):
         redis.Redis(port=port, password="s3cret", db=3).set("where", "db3")
 
         async def read(password: str) -> list:
-            pipe = RedisPipe(RedisAddress.from_options("127.0.0.1", port, {"password": password, "db": 3}))
+            pipe = RedisPipe(RedisAddress.from_options("127.0.0.1", port, {"password": password, "db": 3}), 5.0)
             try:
                 return await pipe.execute(command("GET", "where"))
             finally:
@@ -88,19 +87,19 @@ def test_password_and_db_are_sent_before_the_first_command(tmp_path: Path):
 
 
 def test_a_timeout_replaces_the_connection_and_later_commands_get_their_replies(tmp_path: Path):
-    """A command outliving the reader's timeout drops its connection (it may be half-open or stuck); the commands
-    after it run on a new one and get their own replies, not the late "OK"."""
+    """A command outliving the timeout drops its connection (it may be half-open or stuck); the commands after it
+    run on a new one and get their own replies, not the late "OK"."""
     port = free_port()
     with redis_server(port, tmp_path, options=("--enable-debug-command", "yes")):
         redis.Redis(port=port).set("k", "v")
 
         async def run() -> tuple:
-            pipe = RedisPipe(RedisAddress("127.0.0.1", port))
-            reader = RedisFeatureReader(pipe, "p", (), timeout_s=0.2)
+            pipe = RedisPipe(RedisAddress("127.0.0.1", port), timeout_s=0.2)
             try:
                 [before] = await pipe.execute(command("CLIENT", "ID"))
                 with pytest.raises(FeatureStoreUnavailable, match="did not answer in time"):
-                    await reader._execute(command("DEBUG", "SLEEP", "0.5"), 1)
+                    await pipe.execute(command("DEBUG", "SLEEP", "0.5"))
+                await asyncio.sleep(0.5)  # the server is single-threaded: it answers no one until the sleep ends
                 [after] = await pipe.execute(command("CLIENT", "ID"))
                 replies = await asyncio.gather(*(pipe.execute(command("GET", "k")) for _ in range(3)))
                 return before, after, replies
@@ -119,7 +118,7 @@ def test_a_stopped_server_fails_commands_and_a_restarted_one_serves_again(tmp_pa
         return await pipe.execute(command("PING"))
 
     async def run() -> tuple:
-        pipe = RedisPipe(RedisAddress("127.0.0.1", port))
+        pipe = RedisPipe(RedisAddress("127.0.0.1", port), timeout_s=5.0)
         with redis_server(port, tmp_path):
             before = await ping(pipe)
         with pytest.raises(FeatureStoreUnavailable):

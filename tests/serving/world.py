@@ -19,11 +19,6 @@ import numpy as np
 import pandas as pd
 import redis
 from feast import FeatureService
-from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from churn_common.feature_frame import normalize, service_schema
 from churn_common.model import ChurnModel, RiskThresholds
@@ -31,6 +26,7 @@ from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE, FEATURE_SERVICE_
 from churn_common.settings import PROJECT_ROOT, Settings
 from churn_common.store import apply_repo, feature_store
 from tests.feature_repo.factories import random_snapshots, write_snapshots
+from training.models import LABEL, LOGISTIC, build_pipeline, calibrate, fit
 
 FRESH_USERS = range(1, 41)  # newest snapshot: today 00:00 UTC
 STALE_USERS = range(41, 51)  # newest snapshot: 5 days ago, beyond the 2-day ttl
@@ -98,23 +94,19 @@ def delete_project_keys(client: redis.Redis, project: str) -> None:
 
 
 def train_model(world: World, seed: int) -> ChurnModel:
-    """A small but real pipeline over the service's features (numeric plus two categorical)."""
+    """A small model of the shape training registers (training.models' logistic pipeline, sigmoid-calibrated) over
+    the service's features (numeric plus two categorical)."""
     store_schema = service_schema(_feature_service(world.settings))
     numeric = list(store_schema.numeric_features)
     names = numeric + list(STRING_FEATURES)
-    frame = normalize(world.snapshots, store_schema)
-    labels = np.random.default_rng(seed).integers(0, 2, size=len(frame))
-    preprocess = ColumnTransformer(
-        [
-            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
-            ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), list(STRING_FEATURES)),
-        ]
-    )
-    pipeline = Pipeline([("preprocess", preprocess), ("classifier", LogisticRegression(max_iter=500, C=10.0))])
-    pipeline.fit(frame[names].fillna({name: "unknown" for name in STRING_FEATURES}), labels)
+    frame = normalize(world.snapshots, store_schema).fillna({name: "unknown" for name in STRING_FEATURES})
+    frame[LABEL] = np.random.default_rng(seed).integers(0, 2, size=len(frame))
+    half = len(frame) // 2
+    pipeline = fit(build_pipeline(LOGISTIC, numeric, list(STRING_FEATURES), {"C": 10.0}), frame.iloc[:half], names)
+    calibrated = calibrate(pipeline, frame.iloc[half:], names)
     reference = {name: float(frame[name].median()) for name in numeric}
     reference.update({name: str(frame[name].mode().iloc[0]) for name in STRING_FEATURES})
-    return ChurnModel(pipeline, names, RiskThresholds(high=0.6, medium=0.4), reference)
+    return ChurnModel(calibrated, names, RiskThresholds(high=0.6, medium=0.4), reference)
 
 
 def _feature_service(settings: Settings) -> FeatureService:
