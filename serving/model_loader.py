@@ -10,7 +10,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from operator import itemgetter
 from typing import Any
 
 import anyio.to_thread
@@ -20,6 +19,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from churn_common.compiled import tuple_getter
 from churn_common.errors import ChurnError, ConfigurationError, ModelNotFound, TrackingServerUnavailable
 from churn_common.feature_frame import ServiceSchema, service_schema
 from churn_common.model import ChurnModel
@@ -77,9 +77,7 @@ class Champion:
     @cached_property
     def model_inputs(self) -> Callable[[dict[str, Any]], tuple]:
         """Online features -> the model's inputs as a tuple, in model order (a score cache key)."""
-        names = self.model.feature_names
-        pick = itemgetter(*names)
-        return pick if len(names) > 1 else lambda features: (pick(features),)
+        return tuple_getter(self.model.feature_names)
 
 
 @dataclass
