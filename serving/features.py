@@ -136,6 +136,8 @@ class RedisFeatureReader:
         return b"%s$%d\r\n%s\r\n%s" % (self._hmget_head, len(key), key, self._hmget_tail)
 
     async def read(self, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]:
+        if not user_ids:  # a command expecting no reply would never complete
+            return []
         rows = await self._pipe.execute(b"".join(map(self._hmget, user_ids)), len(user_ids))
         return [self._vector(user_id, row, now) for user_id, row in zip(user_ids, rows, strict=True)]
 

@@ -91,3 +91,9 @@ def test_redis_key_is_feasts(world: World, user_id: int):
     reader = RedisFeatureReader(None, store.project, ())
     entity = EntityKey(join_keys=[JOIN_KEY], entity_values=[Value(int64_val=user_id)])
     assert reader.redis_key(user_id) == _redis_key(store.project, entity, entity_key_serialization_version=3)
+
+
+def test_reading_no_users_asks_redis_nothing(world: World):
+    store = feature_store(world.settings)
+    reader = RedisFeatureReader(None, store.project, ())  # no connection: any command would fail
+    assert asyncio.run(reader.read([], datetime.now(UTC))) == []
