@@ -26,7 +26,7 @@ from churn_common.model import ChurnModel
 from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE_TAG, REGISTERED_MODEL
 from churn_common.store import get_feature_service
 from serving.features import FeatureReader
-from serving.scoring import Scorer, scorer_for
+from serving.scoring import BatchScorer, scorer_for
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Champion:
     reader: FeatureReader
     view_count: int
     scores: ScoreCache
-    scorer: Scorer
+    scorer: BatchScorer
 
     @cached_property
     def model_inputs(self) -> Callable[[dict[str, Any]], tuple]:

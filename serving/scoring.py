@@ -1,30 +1,33 @@
-"""Scoring online vectors with a champion model.
+"""Scoring online vectors with a champion model, in calls shared by concurrent requests.
 
-A champion that compiles (``churn_common.compiled``) is scored on the event loop: one user with its 59
-counterfactuals costs ~50 µs with logistic regression, less than handing it to a thread. Otherwise the sklearn
-pipeline scores, and its cost is almost all per call (input validation, ColumnTransformer column selection), not
-per row. So those requests do not call the model one by one: while one batch is in the model (on a worker
-thread, since a call takes milliseconds and the event loop must keep answering), newly arriving requests queue up
-and go together in the next call.
+A model call costs mostly per call, hardly per row: ~25 numpy dispatches for a champion compiled to numpy
+(``churn_common.compiled``; ~40 µs for one user with its 58 counterfactuals on a quiet core, 2-3x that inside a
+busy server whose caches the request path keeps evicting), or sklearn's input validation and column selection
+(6-9 ms) for one that does not compile. So requests do not call the model one by one: those reaching the scorer
+in the same event-loop iteration (the Redis replies of a pipelined batch resolve together), or while the previous
+call runs in a worker thread, go together in the next call. A call small enough to cost under ~1 ms runs on the
+event loop, cheaper than a thread hand-off; a bigger one runs in a worker thread so the loop keeps answering.
 """
 
 import asyncio
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-import anyio.to_thread
 import numpy as np
 
-from churn_common.compiled import CompiledModel, compile_verified
+from churn_common.compiled import CompiledModel, compile_verified, probe_rows
 from churn_common.feature_frame import ServiceSchema
 from churn_common.model import ChurnModel
 from churn_common.online import OnlineVector
 from serving.schemas import Reason
 
+logger = logging.getLogger(__name__)
+
 TOP_REASONS = 3
-# A batch beyond this many users goes to a worker thread even when compiled: boosted trees take ~0.5 ms per user.
-INLINE_MAX_USERS = 4
+# A model call expected to take longer than this runs in a worker thread rather than holding up the event loop.
+INLINE_BUDGET_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,6 @@ class Scored:
     probability: float
     band: str
     reasons: tuple[Reason, ...]
-
-
-class Scorer(Protocol):
-    async def score(self, vectors: Sequence[OnlineVector]) -> list[Scored]: ...
 
 
 def _scored(model: ChurnModel, probabilities: np.ndarray, explanations: list[list[dict]]) -> list[Scored]:
@@ -47,16 +46,13 @@ def _scored(model: ChurnModel, probabilities: np.ndarray, explanations: list[lis
     ]
 
 
-class CompiledScorer:
+class CompiledScore:
+    """Blocking: online vectors -> one pass of the compiled model with reasons."""
+
     def __init__(self, compiled: CompiledModel) -> None:
         self._compiled = compiled
 
-    async def score(self, vectors: Sequence[OnlineVector]) -> list[Scored]:
-        if len(vectors) <= INLINE_MAX_USERS:
-            return self._score(vectors)
-        return await anyio.to_thread.run_sync(self._score, vectors)
-
-    def _score(self, vectors: Sequence[OnlineVector]) -> list[Scored]:
+    def __call__(self, vectors: Sequence[OnlineVector]) -> list[Scored]:
         rows = [vector.features for vector in vectors]
         return _scored(self._compiled.model, *self._compiled.score_and_explain(rows, top_k=TOP_REASONS))
 
@@ -76,11 +72,16 @@ class VectorScorer:
         return _scored(self._model, *self._model.score_and_explain(columns, top_k=TOP_REASONS))
 
 
-class BatchScorer:
-    """Queues vectors from concurrent requests and scores each queue in one call, one call at a time."""
+ModelCall = Callable[[Sequence[OnlineVector]], list[Scored]]
 
-    def __init__(self, score: VectorScorer) -> None:
-        self._score = score
+
+class BatchScorer:
+    """Queues vectors from concurrent requests and scores each queue in one ``call``, one call at a time; calls of at
+    most ``inline_max_users`` users run on the event loop, bigger ones in a worker thread."""
+
+    def __init__(self, call: ModelCall, inline_max_users: int = 0) -> None:
+        self.call = call
+        self.inline_max_users = inline_max_users
         self._queue: list[OnlineVector] = []
         self._next: asyncio.Future[list[Scored]] | None = None  # resolves with the queued batch's results
         self._busy = False
@@ -91,20 +92,33 @@ class BatchScorer:
         start = len(self._queue)
         self._queue.extend(vectors)
         if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._next = loop.create_future()
+            if not self._busy:
+                loop.call_soon(self._launch)  # after the other requests resumed in this iteration have queued
         batch = self._next
-        if not self._busy:
-            self._launch()
         # Shielded: the batch is shared, and one caller going away must not cancel it for the others.
         results = await asyncio.shield(batch)
         return results[start : start + len(vectors)]
 
     def _launch(self) -> None:
         vectors, batch = self._queue, self._next
-        self._queue, self._next, self._busy = [], None, True
-        loop = asyncio.get_running_loop()
-        running = loop.run_in_executor(None, self._score, vectors)
+        self._queue, self._next = [], None
+        if len(vectors) <= self.inline_max_users:
+            self._run_inline(vectors, batch)
+            return
+        self._busy = True
+        running = asyncio.get_running_loop().run_in_executor(None, self.call, vectors)
         running.add_done_callback(lambda done: self._finish(done, batch))
+
+    def _run_inline(self, vectors: list[OnlineVector], batch: asyncio.Future[list[Scored]]) -> None:
+        try:
+            results = self.call(vectors)
+        # Whatever the model raises goes to the requests waiting for it, as run_in_executor would hand it over.
+        except Exception as exc:  # noqa: BLE001
+            batch.set_exception(exc)
+        else:
+            batch.set_result(results)
 
     def _finish(self, done: asyncio.Future[list[Scored]], batch: asyncio.Future[list[Scored]]) -> None:
         if done.cancelled():
@@ -118,7 +132,24 @@ class BatchScorer:
             self._launch()
 
 
-def scorer_for(model: ChurnModel, schema: ServiceSchema) -> Scorer:
-    """The compiled scorer when the model compiles and verifies, else sklearn with batching across requests."""
+def _inline_max_users(call: CompiledScore, probe: Sequence[OnlineVector]) -> int:
+    """How many users one call scores within INLINE_BUDGET_S, from a timed call on probe vectors (after a warm-up
+    call): linear champions come out at dozens, boosted trees at a few."""
+    call(probe)
+    started = time.perf_counter()
+    call(probe)
+    per_user = (time.perf_counter() - started) / len(probe)
+    return max(1, int(INLINE_BUDGET_S / per_user))
+
+
+def scorer_for(model: ChurnModel, schema: ServiceSchema) -> BatchScorer:
+    """The compiled model when it compiles and verifies (run inline while calls are cheap), else sklearn's pipeline
+    in worker threads."""
     compiled = compile_verified(model)
-    return CompiledScorer(compiled) if compiled else BatchScorer(VectorScorer(model, schema))
+    if compiled is None:
+        return BatchScorer(VectorScorer(model, schema))
+    call = CompiledScore(compiled)
+    probe = [OnlineVector(0, row, None, (), ()) for row in probe_rows(model, compiled, n_rows=16)]
+    inline = _inline_max_users(call, probe)
+    logger.info("compiled scoring: up to %d users per call on the event loop", inline)
+    return BatchScorer(call, inline)

@@ -14,7 +14,7 @@ from churn_common.model import ChurnModel, RiskThresholds
 from churn_common.names import FEATURE_SERVICE
 from churn_common.online import OnlineVector
 from churn_common.store import feature_store
-from serving.scoring import BatchScorer, CompiledScorer, Scored, VectorScorer, scorer_for
+from serving.scoring import BatchScorer, CompiledScore, Scored, VectorScorer, scorer_for
 from tests.serving.conftest import app_client
 from tests.serving.expected import expected_prediction
 from tests.serving.world import FRESH_USERS, World
@@ -98,7 +98,7 @@ def test_the_champion_is_scored_compiled_with_the_sklearn_answers(world: World):
     compiled = scorer_for(world.model, schema)
     got = asyncio.run(compiled.score(vectors))
 
-    assert isinstance(compiled, CompiledScorer)
+    assert isinstance(compiled.call, CompiledScore) and compiled.inline_max_users >= 1
     want = VectorScorer(world.model, schema)(vectors)
     assert [g.probability for g in got] == pytest.approx([w.probability for w in want], abs=1e-12)
     assert [(g.band, g.reasons) for g in got] == [(w.band, w.reasons) for w in want]
@@ -106,7 +106,8 @@ def test_the_champion_is_scored_compiled_with_the_sklearn_answers(world: World):
     opaque = ChurnModel(
         ElementwiseLogit(), ["a", "b", "n", "plan"], RiskThresholds(0.6, 0.3), {"a": 0, "b": 0, "n": 0, "plan": "x"}
     )
-    assert isinstance(scorer_for(opaque, schema), BatchScorer)
+    fallback = scorer_for(opaque, schema)
+    assert isinstance(fallback.call, VectorScorer) and fallback.inline_max_users == 0
 
 
 def test_score_and_explain_names_missing_columns():
@@ -180,6 +181,44 @@ def test_a_cancelled_request_does_not_cancel_the_others_in_its_call():
         return await stays
 
     assert [s.probability for s in asyncio.run(scenario())] == [0.02]
+
+
+class ThreadRecorder:
+    """A model call that records its users and the thread it ran on; fails while ``fail`` is set."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[int], int]] = []
+        self.fail = False
+
+    def __call__(self, vectors):
+        self.calls.append(([v.user_id for v in vectors], threading.get_ident()))
+        if self.fail:
+            raise RuntimeError("model exploded")
+        return [Scored(v.user_id / 100, "low", ()) for v in vectors]
+
+
+def test_requests_of_one_loop_iteration_share_an_inline_call_and_big_calls_go_to_a_thread():
+    async def scenario():
+        recorder = ThreadRecorder()
+        batcher = BatchScorer(recorder, inline_max_users=4)
+        together = await asyncio.gather(*(batcher.score([vector(u)]) for u in (1, 2, 3)))
+        big = await asyncio.gather(
+            batcher.score([vector(u) for u in range(10, 13)]), batcher.score([vector(20)]), batcher.score([vector(21)])
+        )
+        recorder.fail = True
+        failed = await asyncio.gather(batcher.score([vector(30)]), batcher.score([vector(31)]), return_exceptions=True)
+        recorder.fail = False
+        return recorder.calls, together, big, failed, await batcher.score([vector(40)])
+
+    calls, together, big, failed, after = asyncio.run(scenario())
+
+    loop_thread = threading.get_ident()
+    assert calls[0] == ([1, 2, 3], loop_thread)  # one call, on the event loop
+    assert calls[1][0] == [10, 11, 12, 20, 21] and calls[1][1] != loop_thread  # 5 users > 4: a worker thread
+    assert [[s.probability for s in r] for r in together] == [[0.01], [0.02], [0.03]]
+    assert [[s.probability for s in r] for r in big] == [[0.10, 0.11, 0.12], [0.20], [0.21]]
+    assert calls[2] == ([30, 31], loop_thread) and all(isinstance(f, RuntimeError) for f in failed)
+    assert [s.probability for s in after] == [0.40]
 
 
 @pytest.mark.redis
