@@ -41,8 +41,8 @@ logger = logging.getLogger(__name__)
 
 # Compiled and sklearn probabilities may differ by float summation order, never by more than this.
 VERIFY_TOLERANCE = 1e-9
-# Occlusion index arrays are kept for batches up to this many rows (single requests and small batches).
-_KEPT_PLANS = 8
+# Occlusion index arrays are kept for calls of up to this many rows (the calls concurrent requests share).
+_KEPT_PLANS = 64
 _NAN_KEY = object()  # a category that is float NaN: NaN != NaN, so it cannot key a dict as itself
 
 
