@@ -179,10 +179,7 @@ class CompiledModel:
         scores = self.proba(stacked).reshape(len(rows), width)
         base = scores[:, 0]
         contributions = base[:, None] - scores[:, 1:]
-        reasons = [
-            self.model.top_reasons(self._value_reader(row), contributions[i], top_k) for i, row in enumerate(rows)
-        ]
-        return base, reasons
+        return base, self.model.top_reasons([self._value_reader(row) for row in rows], contributions, top_k)
 
     def _occlusion_cells(self, n_rows: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
         """The occlusion plan repeated for ``n_rows`` stacked groups, kept for the small counts requests use."""

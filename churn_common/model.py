@@ -8,7 +8,7 @@ It needs no model internals, so it works for any estimator with ``predict_proba`
 """
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -98,8 +98,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         scores = self.estimator.predict_proba(stacked)[:, 1].reshape(n_rows, width)
         base = scores[:, 0]
         contributions = base[:, None] - scores[:, 1:]
-        reasons = [self.top_reasons(_row_reader(columns, i), contributions[i], top_k) for i in range(n_rows)]
-        return base, reasons
+        return base, self.top_reasons([_row_reader(columns, i) for i in range(n_rows)], contributions, top_k)
 
     def _columns(self, rows: pd.DataFrame | Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         if isinstance(rows, pd.DataFrame):
@@ -125,18 +124,28 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
             raise SchemaError(f"model input misses features {missing}")
         return frame[self.feature_names]
 
-    def top_reasons(self, value_of: Callable[[str], Any], contributions: np.ndarray, top_k: int) -> list[dict]:
-        # Ties are broken by feature name so equal contributions always come back in the same order.
-        ranked = np.lexsort((self._name_ranks, -contributions))[:top_k]
+    def top_reasons(
+        self, value_readers: Sequence[Callable[[str], Any]], contributions: np.ndarray, top_k: int
+    ) -> list[list[dict]]:
+        """Per row (``contributions`` is rows x features), up to ``top_k`` features pushing the probability up,
+        largest first. Ranked for all rows in one sort; ties are broken by feature name so equal contributions
+        always come back in the same order."""
+        ranks = np.broadcast_to(self._name_ranks, contributions.shape)
+        ranked = np.lexsort((ranks, -contributions), axis=-1)[:, :top_k]
+        top = np.take_along_axis(contributions, ranked, axis=-1).tolist()
+        names = self.feature_names
         return [
-            {
-                "feature": self.feature_names[j],
-                "value": _json_value(value_of(self.feature_names[j])),
-                "direction": "up",
-                "contribution": round(float(contributions[j]), 6),
-            }
-            for j in ranked
-            if contributions[j] > _MIN_CONTRIBUTION
+            [
+                {
+                    "feature": names[j],
+                    "value": _json_value(value_of(names[j])),
+                    "direction": "up",
+                    "contribution": round(contribution, 6),
+                }
+                for j, contribution in zip(row_ranked, row_top, strict=True)
+                if contribution > _MIN_CONTRIBUTION
+            ]
+            for value_of, row_ranked, row_top in zip(value_readers, ranked.tolist(), top, strict=True)
         ]
 
     @cached_property
