@@ -140,7 +140,6 @@ class CompiledModel:
         self._numbers_of = tuple_getter(self._numeric_names)
         self._string_names = list(one_hot.features)
         self._strings = frozenset(one_hot.features)
-        self._width = numeric.width + one_hot.width
         reference = self.encode_rows([model.reference_values])[0]
         self._occlusion = self._occlusion_plan(reference)
         self._occlusion_by_rows: dict[int, tuple[tuple[np.ndarray, np.ndarray], np.ndarray]] = {}
@@ -158,11 +157,9 @@ class CompiledModel:
         """Rows (feature name -> value, None for missing) to the matrix the classifier sees."""
         # numpy turns None into NaN when it builds a float64 array, which is how missing numbers reach sklearn.
         numbers = np.array([self._numbers_of(row) for row in rows], dtype=np.float64)
+        numbers = numbers.reshape(len(rows), len(self._numeric_names))
         strings = [[row[name] for row in rows] for name in self._string_names]
-        return self._assemble(numbers.reshape(len(rows), len(self._numeric_names)), strings, len(rows))
-
-    def _assemble(self, numbers: np.ndarray, strings: Sequence[Sequence[Any]], n_rows: int) -> np.ndarray:
-        return np.hstack([self._numeric.encode(numbers), self._one_hot.encode(strings, n_rows)])
+        return np.hstack([self._numeric.encode(numbers), self._one_hot.encode(strings, len(rows))])
 
     def proba(self, encoded: np.ndarray) -> np.ndarray:
         return self._head(encoded)

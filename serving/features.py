@@ -81,9 +81,7 @@ def _decode_value(raw: bytes, message: ValueProto) -> Any:
     return None if kind is None or kind == "null_val" else getattr(message, kind)
 
 
-def _decode_timestamp(raw: bytes | None) -> datetime | None:
-    if not raw:
-        return None
+def _decode_timestamp(raw: bytes) -> datetime:
     stamp = Timestamp()
     stamp.ParseFromString(raw)
     return datetime.fromtimestamp(stamp.seconds + stamp.nanos / 1e9, tz=UTC)
@@ -171,7 +169,7 @@ class RedisFeatureReader:
             return None
         fields = [view.ts_field for view in self._views]
         payload = b"".join(hiredis.pack_command(("HMGET", key, *fields)) for key in keys)
-        stamps = [_decode_timestamp(raw) for row in await self._pipe.execute(payload, len(keys)) for raw in row]
+        stamps = [self._stamps[raw] for row in await self._pipe.execute(payload, len(keys)) for raw in row]
         return max((stamp for stamp in stamps if stamp is not None), default=None)
 
     async def _sample_keys(self) -> list[bytes]:
