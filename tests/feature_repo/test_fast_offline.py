@@ -73,9 +73,10 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(ROW).reset_index(drop=True)
 
 
-def _both(stores, features, **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _both(stores, features, entities: pd.DataFrame | None = None, **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both stores' answers for the same entity rows (default: ``_entities()``), sorted by row."""
     fast, feast = stores
-    entities = _entities()
+    entities = _entities() if entities is None else entities
     fast_job = fast.get_historical_features(entity_df=entities.copy(), features=features, **kwargs)
     assert _served_by_fast_store(fast_job)
     expected = feast.get_historical_features(entity_df=entities.copy(), features=features, **kwargs)
@@ -215,21 +216,11 @@ def _dense_labels() -> pd.DataFrame:
     return entities.assign(**{ROW: range(len(entities))})
 
 
-def _late_both(late_stores, features, **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
-    fast, feast = late_stores
-    entities = _dense_labels()
-    fast_job = fast.get_historical_features(entity_df=entities.copy(), features=features, **kwargs)
-    assert _served_by_fast_store(fast_job)
-    expected = feast.get_historical_features(entity_df=entities.copy(), features=features, **kwargs)
-    assert fast_job.to_arrow().schema == expected.to_arrow().schema
-    return _sorted(fast_job.to_df()), _sorted(expected.to_df())
-
-
 def test_created_filter_on_late_data_equals_feast(late_stores):
     service = late_stores[1].get_feature_service(FEATURE_SERVICE)
-    got, expected = _late_both(late_stores, service, filter_by_created_timestamp=True)
+    got, expected = _both(late_stores, service, _dense_labels(), filter_by_created_timestamp=True)
     pd.testing.assert_frame_equal(got, expected)
-    unfiltered, _ = _late_both(late_stores, service)
+    unfiltered, _ = _both(late_stores, service, _dense_labels())
     changed = got["sessions_7d"].ne(unfiltered["sessions_7d"]) & unfiltered["sessions_7d"].notna()
     assert changed.sum() > 50  # the filter really decides many of these rows
     assert got["plan"].str.startswith("recomputed").sum() > 10  # and late rows are picked once created
@@ -243,9 +234,11 @@ def test_created_filter_without_ttl_equals_feast(late_stores):
         ["forever:tenure_days", "forever:sessions_7d"],
         ["long:watch_minutes_7d", "short:sessions_7d", "forever:tenure_days", "forever:sessions_7d"],
     ):
-        got, expected = _late_both(late_stores, refs, filter_by_created_timestamp=True, full_feature_names=True)
+        got, expected = _both(
+            late_stores, refs, _dense_labels(), filter_by_created_timestamp=True, full_feature_names=True
+        )
         pd.testing.assert_frame_equal(got, expected)
-    unfiltered, _ = _late_both(late_stores, refs, full_feature_names=True)
+    unfiltered, _ = _both(late_stores, refs, _dense_labels(), full_feature_names=True)
     assert got["forever__sessions_7d"].ne(unfiltered["forever__sessions_7d"]).sum() > 50
 
 

@@ -121,15 +121,20 @@ def vector(user_id: int) -> OnlineVector:
 
 
 class RecordingScorer:
-    """Stands in for VectorScorer: records each call's users, blocks until released, may fail."""
+    """Stands in for a model call: records each call's users and thread, blocks until released (unless built
+    released), may fail."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, released: bool = False) -> None:
         self.calls: list[list[int]] = []
+        self.threads: list[int] = []
         self.release = threading.Event()
+        if released:
+            self.release.set()
         self.fail = fail
 
     def __call__(self, vectors):
         self.calls.append([v.user_id for v in vectors])
+        self.threads.append(threading.get_ident())
         self.release.wait(timeout=10)
         if self.fail:
             raise RuntimeError("model exploded")
@@ -183,23 +188,9 @@ def test_a_cancelled_request_does_not_cancel_the_others_in_its_call():
     assert [s.probability for s in asyncio.run(scenario())] == [0.02]
 
 
-class ThreadRecorder:
-    """A model call that records its users and the thread it ran on; fails while ``fail`` is set."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[list[int], int]] = []
-        self.fail = False
-
-    def __call__(self, vectors):
-        self.calls.append(([v.user_id for v in vectors], threading.get_ident()))
-        if self.fail:
-            raise RuntimeError("model exploded")
-        return [Scored(v.user_id / 100, "low", ()) for v in vectors]
-
-
 def test_requests_of_one_loop_iteration_share_an_inline_call_and_big_calls_go_to_a_thread():
     async def scenario():
-        recorder = ThreadRecorder()
+        recorder = RecordingScorer(released=True)
         batcher = BatchScorer(recorder, inline_max_users=4)
         together = await asyncio.gather(*(batcher.score([vector(u)]) for u in (1, 2, 3)))
         big = await asyncio.gather(
@@ -208,7 +199,8 @@ def test_requests_of_one_loop_iteration_share_an_inline_call_and_big_calls_go_to
         recorder.fail = True
         failed = await asyncio.gather(batcher.score([vector(30)]), batcher.score([vector(31)]), return_exceptions=True)
         recorder.fail = False
-        return recorder.calls, together, big, failed, await batcher.score([vector(40)])
+        after = await batcher.score([vector(40)])
+        return list(zip(recorder.calls, recorder.threads, strict=True)), together, big, failed, after
 
     calls, together, big, failed, after = asyncio.run(scenario())
 
