@@ -3,8 +3,9 @@ JSON endpoint served the same way in the same run, driven by wrk over loopback. 
 
     .venv/bin/python -m benchmarks.bench_serving [--users 2000] [--seconds 8]
 
-The bare endpoint runs before and after the API (ratios use their mean). Two paths, each at 1, 8 and 32
-connections, a random user per request:
+The bare endpoint runs before and after the API at 32 connections (ratios use their mean), and once at one
+connection: its p50 there is what this machine's loopback and scheduler cost any request. Two paths, each at 1,
+8 and 32 connections, a random user per request:
 - cold: the score cache is off, so every request reads Redis, scores and explains (a support tool looking up
   many different users);
 - warm: the default app with its score cache filled for every user beforehand.
@@ -154,7 +155,7 @@ def run(world: World, args: argparse.Namespace, tmp: Path) -> None:
     )
     direct_us, feast_us = reader_micro(world, args.users)
     load_before = os.getloadavg()
-    bare_first = bare_run(args.seconds)
+    bare_first, bare_single = bare_run(args.seconds, single=True)
     env = server_env(world.settings)
     with running_server(env, factory="benchmarks.bench_serving:cold_app") as base:
         cold = {conns: wrk(base, conns, args.seconds, script) for conns in (1, 8, 32)}
@@ -164,20 +165,23 @@ def run(world: World, args: argparse.Namespace, tmp: Path) -> None:
                 ids = list(range(start, min(start + 100, args.users + 1)))
                 client.post("/predict/batch", json={"user_ids": ids}).raise_for_status()
         warm = {conns: wrk(base, conns, args.seconds, script) for conns in (1, 8, 32)}
-    report((bare_first, bare_run(args.seconds)), cold, warm, load_before, direct_us, feast_us)
+    bare_after, _ = bare_run(args.seconds)
+    report((bare_first, bare_after), bare_single, cold, warm, load_before, (direct_us, feast_us))
 
 
-def bare_run(seconds: int) -> dict[str, float]:
+def bare_run(seconds: int, single: bool = False) -> tuple[dict[str, float], dict[str, float] | None]:
+    """The bare endpoint at 32 connections and, with ``single``, at one (the latency floor of this machine)."""
     port = free_port()
     process = serve_bare(port)
     try:
-        return wrk(f"http://127.0.0.1:{port}/bare", 32, seconds, None)
+        url = f"http://127.0.0.1:{port}/bare"
+        return wrk(url, 32, seconds, None), wrk(url, 1, seconds, None) if single else None
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
-def report(bare_runs, cold, warm, load_before, direct_us, feast_us) -> None:
+def report(bare_runs, bare_single, cold, warm, load_before, reads_us) -> None:
     """Ratios are to the mean of the bare runs before and after: the bare figure alone moves by 20-30 % between
     runs on this shared two-core machine."""
     bare_rps = statistics.mean(run["rps"] for run in bare_runs)
@@ -186,6 +190,10 @@ def report(bare_runs, cold, warm, load_before, direct_us, feast_us) -> None:
         "bare FastAPI endpoint, 32 conns: "
         + ", ".join(f"{run['rps']:.0f} req/s (load {run['load']:.1f})" for run in bare_runs)
         + f" before / after; mean {bare_rps:.0f}"
+    )
+    print(
+        f"bare FastAPI endpoint, 1 conn: {bare_single['rps']:.0f} req/s  p50 {bare_single['p50_ms']:.2f} ms"
+        f"  p99 {bare_single['p99_ms']:.2f} ms (this machine's floor for the single-connection p50)"
     )
     for path, runs in (("cold (every request scores)", cold), ("warm (score cache hit)", warm)):
         print(f"/predict, {path}:")
@@ -197,6 +205,7 @@ def report(bare_runs, cold, warm, load_before, direct_us, feast_us) -> None:
         print(f"  ratio ÷ bare at 32 conns: {runs[32]['rps'] / bare_rps:.2f} (target >= 0.5)")
         print(f"  p99 {runs[8]['p99_ms']:.2f} ms at 8 conns (target <= 10), {runs[32]['p99_ms']:.2f} ms at 32 (<= 25)")
         print(f"  p50 {runs[1]['p50_ms']:.2f} ms at 1 conn (target <= 1)")
+    direct_us, feast_us = reads_us
     print(f"online read, 1 user: direct Redis reader {direct_us:.0f} µs vs Feast {feast_us:.0f} µs")
     print(f"  ratio Feast ÷ direct: {feast_us / direct_us:.1f}×")
 

@@ -61,8 +61,8 @@ class ViewPlan:
     def ts_field(self) -> bytes:
         return f"_ts:{self.name}".encode()
 
-    def hash_fields(self) -> list[bytes]:
-        return [_mmh3(f"{self.name}:{feature}") for feature in self.features] + [self.ts_field]
+    def value_fields(self) -> list[bytes]:
+        return [_mmh3(f"{self.name}:{feature}") for feature in self.features]
 
 
 def plan_views(store: FeatureStore, service: FeatureService) -> tuple[ViewPlan, ...]:
@@ -91,7 +91,8 @@ _ABSENT = {None: None, b"": None}
 
 
 class _Decoded(dict):
-    """Serialised ValueProto or Timestamp -> Python value, parsed once per distinct byte string.
+    """What Redis returned -> its parsed form, parsed once per distinct reply (a ValueProto, a Timestamp, a row of
+    timestamps).
 
     Feature values repeat across users (counts, categories, one event time per snapshot day), so a lookup replaces
     most protobuf parses on the request path. Bounded: cleared when full, as the repeating values come back at once.
@@ -111,6 +112,19 @@ class _Decoded(dict):
         return value
 
 
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _Stamps:
+    """A user's views' snapshot times (None: the view has no row), with the window of instants at which every
+    view is fresh by ``is_fresh``: ``newest <= now <= min(time + ttl)``; None when a view is missing."""
+
+    times: tuple[datetime | None, ...]
+    as_of: datetime | None
+    all_fresh: tuple[datetime, datetime] | None
+
+
 class RedisFeatureReader:
     """Reads the hashes Feast's Redis online store writes: key = serialized entity key + project."""
 
@@ -118,13 +132,17 @@ class RedisFeatureReader:
         self._pipe = pipe
         self._project = project.encode()
         self._views = views
-        fields = [field for view in views for field in view.hash_fields()]
+        self._names = tuple(name for view in views for name in view.features)
+        # Every view's value fields in service order, then every view's timestamp: a row splits in two slices.
+        fields = [field for view in views for field in view.value_fields()] + [view.ts_field for view in views]
         # HMGET <key> <fields...>: everything but the key is the same for every user, so it is packed once.
         self._hmget_head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
         self._hmget_tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
         self._key_prefix = serialize_entity_key_prefix([JOIN_KEY]) + _INT64_VALUE_HEADER
         self._values = _Decoded(partial(_decode_value, message=ValueProto()))
         self._stamps = _Decoded(_decode_timestamp)
+        # Users materialised together share their row of timestamps: its parse and freshness window are kept.
+        self._stamp_rows = _Decoded(self._parse_stamps)
 
     def redis_key(self, user_id: int) -> bytes:
         return self._key_prefix + user_id.to_bytes(8, "little", signed=True) + self._project
@@ -139,28 +157,28 @@ class RedisFeatureReader:
         rows = await self._pipe.execute(b"".join(map(self._hmget, user_ids)), len(user_ids))
         return [self._vector(user_id, row, now) for user_id, row in zip(user_ids, rows, strict=True)]
 
+    def _parse_stamps(self, raw: tuple[bytes | None, ...]) -> _Stamps:
+        times = tuple(map(self._stamps.__getitem__, raw))
+        known = [time for time in times if time is not None]
+        if len(known) < len(times):
+            return _Stamps(times, max(known, default=None), None)
+        until = min(time + view.ttl if view.ttl else _NEVER for time, view in zip(times, self._views, strict=True))
+        return _Stamps(times, max(known), (max(known), until))
+
     def _vector(self, user_id: int, row: list[bytes | None], now: datetime) -> OnlineVector:
-        features: dict[str, Any] = {}
-        values, stamps = self._values, self._stamps
-        event_times, stale, missing = [], [], []
-        offset = 0
-        for view in self._views:
-            width = len(view.features)
-            event_time = stamps[row[offset + width]]
-            usable = event_time is not None and is_fresh(event_time, view.ttl, now)
-            if usable:
-                features.update(zip(view.features, map(values.__getitem__, row[offset : offset + width]), strict=True))
-            else:
-                features.update(dict.fromkeys(view.features))
-            if event_time is None:
-                missing.append(view.label)
-            else:
-                event_times.append(event_time)
-                if not usable:
-                    stale.append(view.label)
-            offset += width + 1
-        as_of = max(event_times, default=None)
-        return OnlineVector(user_id, features, as_of, tuple(stale), tuple(missing))
+        stamps = self._stamp_rows[tuple(row[len(self._names) :])]
+        # Not strict: the zip stops at the last name, before the row's timestamps.
+        features = dict(zip(self._names, map(self._values.__getitem__, row), strict=False))
+        window = stamps.all_fresh
+        if window is not None and window[0] <= now <= window[1]:
+            return OnlineVector(user_id, features, stamps.as_of, (), ())
+        stale, missing = [], []
+        for view, event_time in zip(self._views, stamps.times, strict=True):
+            if event_time is not None and is_fresh(event_time, view.ttl, now):
+                continue
+            (missing if event_time is None else stale).append(view.label)
+            features.update(dict.fromkeys(view.features))
+        return OnlineVector(user_id, features, stamps.as_of, tuple(stale), tuple(missing))
 
     async def newest_timestamp(self) -> datetime | None:
         """Newest snapshot time among a bounded sample of this project's keys."""

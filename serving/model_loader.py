@@ -75,6 +75,11 @@ class Champion:
     scorer: BatchScorer
 
     @cached_property
+    def model_ref(self) -> dict[str, str]:
+        """schemas.ModelRef's fields, as every prediction body carries them."""
+        return {"name": self.name, "version": self.version, "alias": self.alias}
+
+    @cached_property
     def model_inputs(self) -> Callable[[dict[str, Any]], tuple]:
         """Online features -> the model's inputs as a tuple, in model order (a score cache key)."""
         return tuple_getter(self.model.feature_names)

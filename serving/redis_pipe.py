@@ -78,6 +78,8 @@ class _Protocol(asyncio.Protocol):
     command: Redis answers in order, so if it is late, everything behind it is too."""
 
     def __init__(self, on_lost, timeout_s: float) -> None:
+        # Kept, not looked up per command: on Python 3.11 get_running_loop() makes a getpid() system call.
+        self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader()
         self._pending: deque[_Pending] = deque()
         self._outgoing: list[bytes] = []
@@ -91,7 +93,7 @@ class _Protocol(asyncio.Protocol):
         self._transport = transport
 
     def send(self, payload: bytes, replies: int) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         future = loop.create_future()
         if self.closed:
             future.set_exception(FeatureStoreUnavailable("the Redis connection is closed"))
@@ -108,7 +110,7 @@ class _Protocol(asyncio.Protocol):
         self._watchdog = None
         if self.closed or not self._pending:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() >= self._pending[0].deadline:
             # A connection that stopped answering may be half-open and never recover: a new one is the way back.
             self.close(f"online store (Redis) did not answer in time ({self._timeout_s}s)")

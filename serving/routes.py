@@ -11,7 +11,7 @@ from churn_common.errors import FeatureStoreUnavailable
 from churn_common.online import OnlineVector
 from serving.deps import HolderDep, MetricsDep, SettingsDep, StateDep, require_champion
 from serving.model_loader import Champion
-from serving.prediction import check_vector, error_entry, score, to_prediction
+from serving.prediction import check_vector, error_entry, prediction_body, prediction_json, score
 from serving.schemas import (
     MAX_USER_ID,
     BatchRequest,
@@ -68,8 +68,7 @@ async def predict(
         [scored] = await score(champion, [vector])
     _record_freshness(state, [vector], now)
     state.metrics.observe_prediction(scored.probability, scored.band)
-    # Serialised once here: returning the model would have FastAPI validate and encode it a second time.
-    return Response(to_prediction(champion, vector, scored).model_dump_json(), media_type="application/json")
+    return Response(prediction_json(champion, vector, scored), media_type="application/json")
 
 
 @predict_router.post(
@@ -111,7 +110,10 @@ async def _batch_results(
             continue
         scorable.append(vector)
     results = zip(scorable, await score(champion, scorable), strict=True)
-    scored = {vector.user_id: to_prediction(champion, vector, result) for vector, result in results}
+    scored = {
+        vector.user_id: Prediction.model_validate(prediction_body(champion, vector, result))
+        for vector, result in results
+    }
     return [scored.get(user_id) or errors[user_id] for user_id in user_ids]
 
 

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from churn_common.feature_frame import service_schema
 from churn_common.names import FEATURE_SERVICE
 from churn_common.store import feature_store
+from serving.schemas import Prediction
 from tests.serving.conftest import app_client
 from tests.serving.expected import expected_prediction
 from tests.serving.world import FRESH_USERS, STALE_USERS, UNKNOWN_USER, World, free_port
@@ -41,6 +42,9 @@ def test_predict_scores_the_newest_snapshot_with_the_champion(api: httpx.Client,
 
     assert response.status_code == 200, response.text
     body = response.json()
+    # The body is serialised without building a Prediction: it must still be exactly one.
+    assert set(body) == set(Prediction.model_fields)
+    assert Prediction.model_validate_json(response.content).model_dump(mode="json") == body
     assert body["user_id"] == user_id
     assert body["churn_probability"] == pytest.approx(expected["probability"], abs=1e-9)
     assert body["risk_band"] == expected["risk_band"]
@@ -96,6 +100,7 @@ def test_batch_returns_one_entry_per_id_in_order(api: httpx.Client, world: World
         assert result["churn_probability"] == pytest.approx(expected["probability"], abs=1e-9)
     single = api.get("/predict", params={"user_id": STALE_USERS[1]}).json()["detail"]
     assert results[2]["detail"].split(":")[0] == single.split(":")[0]
+    assert results[0] == api.get("/predict", params={"user_id": FRESH_USERS[1]}).json()
 
 
 @pytest.mark.parametrize("body", [{"user_ids": []}, {"user_ids": ["x"]}, {}, {"user_ids": list(range(1, 102))}])
