@@ -13,17 +13,24 @@ from serving.schemas import PredictionError
 from serving.scoring import Scored
 
 
+def scorable(vector: OnlineVector, view_count: int) -> bool:
+    """Known, with at least one view fresh: what check_vector lets through."""
+    return vector.as_of is not None and len(vector.stale_views) + len(vector.missing_views) < view_count
+
+
 def check_vector(vector: OnlineVector, view_count: int, now: datetime) -> None:
-    """Raise the HTTP error a vector deserves: unknown user (404) or nothing fresh enough to score (503)."""
+    """Raise the HTTP error a vector that is not ``scorable`` deserves: unknown user (404) or nothing fresh enough to
+    score (503)."""
+    if scorable(vector, view_count):
+        return
     if vector.as_of is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {vector.user_id} has no features online")
-    if len(vector.stale_views) + len(vector.missing_views) >= view_count:
-        age = now - vector.as_of
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"features of user {vector.user_id} are stale: newest snapshot is {age.total_seconds():.0f}s old "
-            f"({vector.as_of.isoformat()}), older than the feature views' ttl",
-        )
+    age = now - vector.as_of
+    raise HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        f"features of user {vector.user_id} are stale: newest snapshot is {age.total_seconds():.0f}s old "
+        f"({vector.as_of.isoformat()}), older than the feature views' ttl",
+    )
 
 
 async def score(champion: Champion, vectors: Sequence[OnlineVector]) -> list[Scored]:

@@ -61,14 +61,15 @@ async def predict(
     # The state comes straight from the request: a dependency per attribute costs more than the Redis read.
     state: ServingState = request.app.state.serving
     champion = require_champion(state.holder)
-    now = datetime.now(UTC)
     async with state.slots:
-        [vector] = await _read(state, champion, [user_id], now)
-        check_vector(vector, champion.view_count, now)
-        [scored] = await score(champion, [vector])
-    _record_freshness(state, [vector], now)
-    state.metrics.observe_prediction(scored.probability, scored.band)
-    return Response(prediction_json(champion, vector, scored), media_type="application/json")
+        try:
+            found = await state.lookups(champion)(user_id)
+        except FeatureStoreUnavailable as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+    check_vector(found.vector, champion.view_count, found.now)
+    _record_freshness(state, [found.vector], found.now)
+    state.metrics.observe_prediction(found.scored.probability, found.scored.band)
+    return Response(prediction_json(champion, found.vector, found.scored), media_type="application/json")
 
 
 @predict_router.post(

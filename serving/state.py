@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from feast import FeatureStore
 
 from churn_common.settings import Settings
+from serving.lookups import Lookups
 from serving.metrics import ServingMetrics
-from serving.model_loader import ChampionHolder, ChampionLoader
+from serving.model_loader import Champion, ChampionHolder, ChampionLoader
 from serving.redis_pipe import RedisPipe
 
 
@@ -21,3 +22,10 @@ class ServingState:
     holder: ChampionHolder
     # Bounds in-flight scoring so overload queues here instead of stretching every request's latency.
     slots: asyncio.Semaphore
+    _lookups: Lookups | None = None
+
+    def lookups(self, champion: Champion) -> Lookups:
+        """The gathered lookups of ``champion``, new ones after a swap (a batch in flight finishes with the old)."""
+        if self._lookups is None or self._lookups.champion is not champion:
+            self._lookups = Lookups(champion, self.metrics)
+        return self._lookups

@@ -1,0 +1,81 @@
+"""Single-user lookups for /predict, gathered per event-loop iteration: the users asked for by the requests that
+arrived together are read in one Redis round trip and the scorable ones scored in one model call, and each request
+resumes once, with its vector and score.
+
+Reading and scoring as two shared steps cost every request two suspensions (the Redis reply, then the model call)
+with a future and bookkeeping at each: ~7 % of the server's CPU per request. Here the batch's task takes both steps.
+"""
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from itertools import compress
+
+from churn_common.online import OnlineVector
+from serving.metrics import ServingMetrics
+from serving.model_loader import Champion
+from serving.prediction import scorable, score
+from serving.scoring import Scored
+
+
+@dataclass(frozen=True)
+class Lookup:
+    vector: OnlineVector
+    scored: Scored | None  # None when the vector cannot be scored (unknown user, nothing fresh)
+    now: datetime  # the instant the ttl rule was applied at
+
+
+class Lookups:
+    """One champion's gathered lookups. A failed read or model call fails every request of its batch with the
+    error itself (FeatureStoreUnavailable for Redis); the next batch starts afresh."""
+
+    def __init__(self, champion: Champion, metrics: ServingMetrics) -> None:
+        self.champion = champion
+        self._metrics = metrics
+        self._ids: list[int] = []
+        self._waiters: list[asyncio.Future[Lookup]] = []
+        self._running: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+
+    async def __call__(self, user_id: int) -> Lookup:
+        loop = asyncio.get_running_loop()
+        if not self._waiters:
+            loop.call_soon(self._launch)  # after every request resumed in this iteration has queued
+        waiter = loop.create_future()
+        self._ids.append(user_id)
+        self._waiters.append(waiter)
+        return await waiter
+
+    def _launch(self) -> None:
+        ids, waiters = self._ids, self._waiters
+        self._ids, self._waiters = [], []
+        task = asyncio.get_running_loop().create_task(self._run(ids, waiters))
+        self._running.add(task)
+        task.add_done_callback(partial(self._settle, waiters))
+
+    async def _run(self, ids: Sequence[int], waiters: Sequence[asyncio.Future[Lookup]]) -> None:
+        now = datetime.now(UTC)
+        started = time.perf_counter()
+        vectors = await self.champion.reader.read(ids, now)
+        self._metrics.online_read.observe(time.perf_counter() - started)
+        self._metrics.observe_vectors(vectors)
+        usable = [scorable(vector, self.champion.view_count) for vector in vectors]
+        scores = iter(await score(self.champion, list(compress(vectors, usable))))
+        for waiter, vector, ok in zip(waiters, vectors, usable, strict=True):
+            result = next(scores) if ok else None
+            if not waiter.done():  # its request went away meanwhile
+                waiter.set_result(Lookup(vector, result, now))
+
+    def _settle(self, waiters: Sequence[asyncio.Future[Lookup]], task: asyncio.Task) -> None:
+        """Hands a failed batch's error to each of its requests still waiting."""
+        self._running.discard(task)
+        if task.cancelled():  # the loop is shutting down
+            for waiter in waiters:
+                waiter.cancel()
+            return
+        error = task.exception()
+        for waiter in waiters:
+            if error is not None and not waiter.done():
+                waiter.set_exception(error)

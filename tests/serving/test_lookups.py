@@ -1,0 +1,151 @@
+"""Gathered /predict lookups against the real world (Redis, MLflow champion): the requests of one event-loop
+iteration share one Redis read and one model call and each gets its own answer; a failure reaches every request
+of its batch; a request that goes away does not disturb the others."""
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+import pytest
+
+from churn_common.errors import FeatureStoreUnavailable
+from churn_common.feature_frame import service_schema
+from churn_common.names import FEATURE_SERVICE
+from churn_common.online import OnlineVector
+from churn_common.store import feature_store
+from serving.features import FeatureReader, make_reader, redis_pipe
+from serving.lookups import Lookup, Lookups
+from serving.metrics import ServingMetrics
+from serving.model_loader import Champion, ChampionLoader
+from serving.redis_pipe import RedisAddress, RedisPipe
+from serving.scoring import BatchScorer, Scored
+from tests.serving.expected import expected_prediction
+from tests.serving.world import FRESH_USERS, STALE_USERS, UNKNOWN_USER, World, free_port
+
+pytestmark = pytest.mark.redis
+USERS = [FRESH_USERS[0], STALE_USERS[0], FRESH_USERS[1], UNKNOWN_USER, FRESH_USERS[2]]
+
+
+class RecordingReader:
+    """The real reader, recording the users of each read."""
+
+    def __init__(self, reader: FeatureReader) -> None:
+        self.reader = reader
+        self.reads: list[list[int]] = []
+
+    async def read(self, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]:
+        self.reads.append(list(user_ids))
+        return await self.reader.read(user_ids, now)
+
+    async def newest_timestamp(self) -> datetime | None:
+        return await self.reader.newest_timestamp()
+
+
+def load_champion(world: World, pipe: RedisPipe, wrap: Callable[[FeatureReader], FeatureReader]) -> Champion:
+    store = feature_store(world.settings)
+    loader = ChampionLoader(
+        world.settings.tracking_uri, store, lambda s, service: wrap(make_reader(s, service, pipe, 5.0)), 0
+    )
+    return loader.load(loader.champion_version())
+
+
+def with_model_call(champion: Champion, call: Callable[[Sequence[OnlineVector]], list[Scored]]) -> Champion:
+    return dataclasses.replace(champion, scorer=BatchScorer(call, inline_max_users=100))
+
+
+def test_one_iterations_requests_share_one_read_and_one_model_call(world: World):
+    calls: list[list[int]] = []
+
+    async def scenario() -> tuple[Champion, list[Lookup]]:
+        pipe = redis_pipe(feature_store(world.settings), timeout_s=5.0)
+        champion = load_champion(world, pipe, RecordingReader)
+        model_call = champion.scorer.call
+
+        def recording(vectors: Sequence[OnlineVector]) -> list[Scored]:
+            calls.append([v.user_id for v in vectors])
+            return model_call(vectors)
+
+        champion = with_model_call(champion, recording)
+        lookups = Lookups(champion, ServingMetrics())
+        try:
+            return champion, await asyncio.gather(*(lookups(user_id) for user_id in USERS))
+        finally:
+            await pipe.aclose()
+
+    champion, found = asyncio.run(scenario())
+
+    assert champion.reader.reads == [USERS]
+    assert calls == [[FRESH_USERS[0], FRESH_USERS[1], FRESH_USERS[2]]]
+    assert [lookup.vector.user_id for lookup in found] == USERS
+    assert len({lookup.now for lookup in found}) == 1
+    schema = service_schema(feature_store(world.settings).get_feature_service(FEATURE_SERVICE))
+    for lookup in found:
+        if lookup.vector.user_id in FRESH_USERS:
+            expected = expected_prediction(world.model, schema, world.snapshots, lookup.vector.user_id)
+            assert lookup.scored.probability == pytest.approx(expected["probability"], abs=1e-9)
+            assert [r["feature"] for r in lookup.scored.reasons] == [r["feature"] for r in expected["reasons"]]
+        else:
+            assert lookup.scored is None
+    assert found[1].vector.stale_views and found[3].vector.as_of is None
+
+
+def test_an_unreachable_store_fails_every_request_of_the_batch(world: World):
+    async def scenario() -> list[BaseException | Lookup]:
+        # Nothing listens on a fresh free port: the read fails as a stopped Redis would.
+        pipe = RedisPipe(RedisAddress("127.0.0.1", free_port()), timeout_s=1.0)
+        lookups = Lookups(load_champion(world, pipe, lambda reader: reader), ServingMetrics())
+        async with asyncio.timeout(10):  # a failure that reached no request would leave them waiting
+            return await asyncio.gather(*(lookups(user_id) for user_id in USERS[:3]), return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+
+    assert len(outcomes) == 3 and all(isinstance(outcome, FeatureStoreUnavailable) for outcome in outcomes)
+
+
+def test_a_failed_model_call_fails_its_batch_and_the_next_batch_is_scored(world: World):
+    failing = True
+
+    async def scenario() -> tuple[list[BaseException | Lookup], Lookup]:
+        pipe = redis_pipe(feature_store(world.settings), timeout_s=5.0)
+        champion = load_champion(world, pipe, lambda reader: reader)
+        model_call = champion.scorer.call
+
+        def sometimes_failing(vectors: Sequence[OnlineVector]) -> list[Scored]:
+            if failing:
+                raise RuntimeError("model exploded")
+            return model_call(vectors)
+
+        lookups = Lookups(with_model_call(champion, sometimes_failing), ServingMetrics())
+        try:
+            async with asyncio.timeout(10):  # a failure that reached no request would leave them waiting
+                failed = await asyncio.gather(*(lookups(u) for u in FRESH_USERS[:2]), return_exceptions=True)
+            nonlocal failing
+            failing = False
+            return failed, await lookups(FRESH_USERS[0])
+        finally:
+            await pipe.aclose()
+
+    failed, later = asyncio.run(scenario())
+
+    assert all(isinstance(outcome, RuntimeError) for outcome in failed)
+    assert later.scored is not None and later.vector.user_id == FRESH_USERS[0]
+
+
+def test_a_request_that_goes_away_does_not_disturb_its_batch(world: World):
+    async def scenario() -> tuple[asyncio.Task, Lookup]:
+        pipe = redis_pipe(feature_store(world.settings), timeout_s=5.0)
+        lookups = Lookups(load_champion(world, pipe, lambda reader: reader), ServingMetrics())
+        try:
+            gone = asyncio.create_task(lookups(FRESH_USERS[0]))
+            stays = asyncio.create_task(lookups(FRESH_USERS[1]))
+            await asyncio.sleep(0)  # both queued in this iteration; the batch starts in the next
+            gone.cancel()
+            return gone, await stays
+        finally:
+            await pipe.aclose()
+
+    gone, stays = asyncio.run(scenario())
+
+    assert gone.cancelled()
+    assert stays.vector.user_id == FRESH_USERS[1] and stays.scored is not None
