@@ -60,7 +60,7 @@ class Lookups:
         started = time.perf_counter()
         vectors = await self.champion.reader.read(ids, now)
         self._metrics.online_read.observe(time.perf_counter() - started)
-        self._metrics.observe_vectors(vectors)
+        self._metrics.observe_vectors(vectors, now)
         usable = [scorable(vector, self.champion.view_count) for vector in vectors]
         scores = iter(await score(self.champion, list(compress(vectors, usable))))
         for waiter, vector, ok in zip(waiters, vectors, usable, strict=True):

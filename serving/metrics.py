@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -48,10 +49,11 @@ class ServingMetrics:
         self.freshness = Gauge(
             "churn_feature_age_seconds", "Age of the newest online feature snapshot seen", registry=r
         )
+        # labels() takes a lock and builds a key per call; label values here are few, so their children are kept.
         self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._band_children: dict[str, Counter] = {}
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        # labels() takes a lock and builds a key per call; the (endpoint, status) pairs are few, so keep their children.
         children = self._request_children.get((endpoint, status))
         if children is None:
             code = str(status)
@@ -62,18 +64,26 @@ class ServingMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def observe_vectors(self, vectors: Sequence[OnlineVector]) -> None:
+    def observe_vectors(self, vectors: Sequence[OnlineVector], now: datetime) -> None:
+        """Missing and stale views of the users read, and the age of the newest snapshot among them."""
+        newest = None
         for vector in vectors:
             if vector.as_of is None:
                 continue  # an unknown user is counted as a 404, not as missing features
+            newest = vector.as_of if newest is None or vector.as_of > newest else newest
             for view in vector.missing_views:
                 self.missing.labels(view).inc()
             for view in vector.stale_views:
                 self.stale.labels(view).inc()
+        if newest is not None:
+            self.freshness.set((now - newest).total_seconds())
 
     def observe_prediction(self, probability: float, band: str) -> None:
         self.probability.observe(probability)
-        self.risk_band.labels(band).inc()
+        child = self._band_children.get(band)
+        if child is None:
+            child = self._band_children[band] = self.risk_band.labels(band)
+        child.inc()
 
     def set_model(self, name: str, version: str, alias: str) -> None:
         self.model_info.labels = (name, version, alias)

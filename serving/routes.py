@@ -40,14 +40,8 @@ async def _read(state: ServingState, champion: Champion, user_ids: Sequence[int]
     except FeatureStoreUnavailable as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     state.metrics.online_read.observe(time.perf_counter() - started)
-    state.metrics.observe_vectors(vectors)
+    state.metrics.observe_vectors(vectors, now)
     return vectors
-
-
-def _record_freshness(state: ServingState, vectors: Sequence[OnlineVector], now: datetime) -> None:
-    newest = max((vector.as_of for vector in vectors if vector.as_of is not None), default=None)
-    if newest is not None:
-        state.metrics.freshness.set((now - newest).total_seconds())
 
 
 @predict_router.get(
@@ -67,7 +61,6 @@ async def predict(
         except FeatureStoreUnavailable as exc:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     check_vector(found.vector, champion.view_count, found.now)
-    _record_freshness(state, [found.vector], found.now)
     state.metrics.observe_prediction(found.scored.probability, found.scored.band)
     return Response(prediction_json(champion, found.vector, found.scored), media_type="application/json")
 
@@ -87,7 +80,6 @@ async def predict_batch(body: BatchRequest, state: StateDep, settings: SettingsD
     async with state.slots:
         vectors = {vector.user_id: vector for vector in await _read(state, champion, valid, now)} if valid else {}
         results = await _batch_results(champion, body.user_ids, vectors, now)
-    _record_freshness(state, list(vectors.values()), now)
     for result in results:
         if isinstance(result, Prediction):
             state.metrics.observe_prediction(result.churn_probability, result.risk_band)
