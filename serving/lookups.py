@@ -7,7 +7,6 @@ with a future and bookkeeping at each: ~7 % of the server's CPU per request. Her
 """
 
 import asyncio
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from itertools import compress
 from churn_common.online import OnlineVector
 from serving.metrics import ServingMetrics
 from serving.model_loader import Champion
-from serving.prediction import scorable, score
+from serving.prediction import read_vectors, scorable, score
 from serving.scoring import Scored
 
 
@@ -57,10 +56,7 @@ class Lookups:
 
     async def _run(self, ids: Sequence[int], waiters: Sequence[asyncio.Future[Lookup]]) -> None:
         now = datetime.now(UTC)
-        started = time.perf_counter()
-        vectors = await self.champion.reader.read(ids, now)
-        self._metrics.online_read.observe(time.perf_counter() - started)
-        self._metrics.observe_vectors(vectors, now)
+        vectors = await read_vectors(self.champion, self._metrics, ids, now)
         usable = [scorable(vector, self.champion.view_count) for vector in vectors]
         scores = iter(await score(self.champion, list(compress(vectors, usable))))
         for waiter, vector, ok in zip(waiters, vectors, usable, strict=True):

@@ -1,5 +1,6 @@
 """From online vectors to predictions: the checks a vector must pass, scoring, reasons and the response body."""
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -8,9 +9,21 @@ from fastapi import HTTPException, status
 from pydantic_core import to_json
 
 from churn_common.online import OnlineVector
+from serving.metrics import ServingMetrics
 from serving.model_loader import Champion
 from serving.schemas import PredictionError
 from serving.scoring import Scored
+
+
+async def read_vectors(
+    champion: Champion, metrics: ServingMetrics, user_ids: Sequence[int], now: datetime
+) -> list[OnlineVector]:
+    """The users' vectors through the champion's reader, with the read's latency and the vectors observed."""
+    started = time.perf_counter()
+    vectors = await champion.reader.read(user_ids, now)
+    metrics.online_read.observe(time.perf_counter() - started)
+    metrics.observe_vectors(vectors, now)
+    return vectors
 
 
 def scorable(vector: OnlineVector, view_count: int) -> bool:

@@ -1,6 +1,5 @@
 """HTTP routes: predictions, health, readiness and metrics."""
 
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -11,7 +10,7 @@ from churn_common.errors import FeatureStoreUnavailable
 from churn_common.online import OnlineVector
 from serving.deps import HolderDep, MetricsDep, SettingsDep, StateDep, require_champion
 from serving.model_loader import Champion
-from serving.prediction import check_vector, error_entry, prediction_body, prediction_json, score
+from serving.prediction import check_vector, error_entry, prediction_body, prediction_json, read_vectors, score
 from serving.schemas import (
     MAX_USER_ID,
     BatchRequest,
@@ -34,14 +33,10 @@ predict_router = APIRouter(responses=_ERRORS)
 
 
 async def _read(state: ServingState, champion: Champion, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]:
-    started = time.perf_counter()
     try:
-        vectors = await champion.reader.read(user_ids, now)
+        return await read_vectors(champion, state.metrics, user_ids, now)
     except FeatureStoreUnavailable as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
-    state.metrics.online_read.observe(time.perf_counter() - started)
-    state.metrics.observe_vectors(vectors, now)
-    return vectors
 
 
 @predict_router.get(
