@@ -24,7 +24,8 @@ from serving.model_loader import (
     poll_champion,
     refresh_champion,
 )
-from serving.routes import predict_router, router
+from serving.query import openapi_with_validation_errors
+from serving.routes import add_routes
 from serving.state import ServingState
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,6 @@ def create_app(settings: Settings | None = None, *, score_cache_size: int = SCOR
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # Only a configured token adds the auth dependency, so the OpenAPI document never advertises auth it lacks.
     guards = [Depends(require_token)] if settings.api_token is not None else []
-    # Predictions first: routes are matched in order, and /predict is nearly all of the traffic.
-    app.include_router(predict_router, dependencies=guards)
-    app.include_router(router)
+    add_routes(app, guards)
+    app.openapi = openapi_with_validation_errors(app)
     return app

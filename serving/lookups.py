@@ -1,6 +1,13 @@
-"""Single-user lookups for /predict, gathered per event-loop iteration: the users asked for by the requests that
-arrived together are read in one Redis round trip and the scorable ones scored in one model call, and each request
-resumes once, with its vector and score.
+"""Single-user lookups for /predict, gathered: the users asked for by the requests that arrived together are read
+in one Redis round trip and the scorable ones scored in one model call, and each request resumes once, with its
+vector and score.
+
+One batch is in flight at a time; requests arriving meanwhile gather for the next, which starts as it ends (group
+commit). Under load batches grow by themselves instead of the loop keeping several small ones in flight: at 32
+connections ~4-6 small batches were in flight with 3-6 users each, one batch now holds 13-19, and the per-batch
+costs (a task, a Redis write and its reply, ~25 numpy calls of the model) are paid ~4x less often: -8 % of the
+instructions per request at 16 users per batch against 4 (callgrind, in-process). A lone request starts its batch in
+the next iteration, as before.
 
 Reading and scoring as two shared steps cost every request two suspensions (the Redis reply, then the model call)
 with a future and bookkeeping at each: ~7 % of the server's CPU per request. Here the batch's task takes both steps.
@@ -36,11 +43,11 @@ class Lookups:
         self._metrics = metrics
         self._ids: list[int] = []
         self._waiters: list[asyncio.Future[Lookup]] = []
-        self._running: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+        self._batch: asyncio.Task | None = None  # in flight; held here, as the loop keeps only weak references
 
     async def __call__(self, user_id: int) -> Lookup:
         loop = asyncio.get_running_loop()
-        if not self._waiters:
+        if not self._waiters and self._batch is None:
             loop.call_soon(self._launch)  # after every request resumed in this iteration has queued
         waiter = loop.create_future()
         self._ids.append(user_id)
@@ -50,9 +57,8 @@ class Lookups:
     def _launch(self) -> None:
         ids, waiters = self._ids, self._waiters
         self._ids, self._waiters = [], []
-        task = asyncio.get_running_loop().create_task(self._run(ids, waiters))
-        self._running.add(task)
-        task.add_done_callback(partial(self._settle, waiters))
+        self._batch = asyncio.get_running_loop().create_task(self._run(ids, waiters))
+        self._batch.add_done_callback(partial(self._settle, waiters))
 
     async def _run(self, ids: Sequence[int], waiters: Sequence[asyncio.Future[Lookup]]) -> None:
         now = datetime.now(UTC)
@@ -65,13 +71,16 @@ class Lookups:
                 waiter.set_result(Lookup(vector, result, now))
 
     def _settle(self, waiters: Sequence[asyncio.Future[Lookup]], task: asyncio.Task) -> None:
-        """Hands a failed batch's error to each of its requests still waiting."""
-        self._running.discard(task)
-        if task.cancelled():  # the loop is shutting down
-            for waiter in waiters:
-                waiter.cancel()
-            return
-        error = task.exception()
+        """Hands a failed batch's error to each of its requests still waiting, and starts the next batch."""
+        self._batch = None
+        cancelled = task.cancelled()  # the loop is shutting down
+        error = None if cancelled else task.exception()
         for waiter in waiters:
-            if error is not None and not waiter.done():
+            if waiter.done():
+                continue
+            if cancelled:
+                waiter.cancel()
+            elif error is not None:
                 waiter.set_exception(error)
+        if self._ids:
+            self._launch()

@@ -1,6 +1,7 @@
 """Gathered /predict lookups against the real world (Redis, MLflow champion): the requests of one event-loop
-iteration share one Redis read and one model call and each gets its own answer; a failure reaches every request
-of its batch; a request that goes away does not disturb the others."""
+iteration share one Redis read and one model call and each gets its own answer; those arriving while a batch is in
+flight share the next; a failure reaches every request of its batch; a request that goes away does not disturb the
+others."""
 
 import asyncio
 import dataclasses
@@ -88,6 +89,42 @@ def test_one_iterations_requests_share_one_read_and_one_model_call(world: World)
         else:
             assert lookup.scored is None
     assert found[1].vector.stale_views and found[3].vector.as_of is None
+
+
+def test_requests_arriving_during_a_batch_go_together_in_the_next(world: World):
+    gate = asyncio.Event()
+
+    class GatedReader(RecordingReader):
+        async def read(self, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]:
+            self.reads.append(list(user_ids))
+            await gate.wait()
+            return await self.reader.read(user_ids, now)
+
+    async def scenario() -> tuple[list[list[int]], list[list[int]], list[Lookup]]:
+        pipe = redis_pipe(feature_store(world.settings), timeout_s=5.0)
+        champion = load_champion(world, pipe, GatedReader)
+        lookups = Lookups(champion, ServingMetrics())
+        try:
+            async with asyncio.timeout(10):
+                first = asyncio.create_task(lookups(FRESH_USERS[0]))
+                while not champion.reader.reads:  # the first batch is now waiting on its read
+                    await asyncio.sleep(0)
+                later = [asyncio.create_task(lookups(user_id)) for user_id in FRESH_USERS[1:3]]
+                for _ in range(5):
+                    await asyncio.sleep(0)
+                reads_while_in_flight = [list(read) for read in champion.reader.reads]
+                gate.set()
+                found = await asyncio.gather(first, *later)
+            return reads_while_in_flight, champion.reader.reads, found
+        finally:
+            await pipe.aclose()
+
+    while_in_flight, reads, found = asyncio.run(scenario())
+
+    assert while_in_flight == [[FRESH_USERS[0]]]
+    assert reads == [[FRESH_USERS[0]], list(FRESH_USERS[1:3])]
+    assert [lookup.vector.user_id for lookup in found] == list(FRESH_USERS[:3])
+    assert all(lookup.scored is not None for lookup in found)
 
 
 def test_an_unreachable_store_fails_every_request_of_the_batch(world: World):
