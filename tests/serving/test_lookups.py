@@ -1,6 +1,6 @@
 """Gathered /predict lookups against the real world (Redis, MLflow champion): the requests of one event-loop
-iteration share one Redis read and one model call and each gets its own answer; those arriving while a batch is in
-flight share the next; a failure reaches every request of its batch; a request that goes away does not disturb the
+iteration share one Redis read and one model call and each gets its own answer; those arriving while batches are
+in flight share the next; a failure reaches every request of its batch; a request that goes away does not disturb the
 others."""
 
 import asyncio
@@ -16,7 +16,7 @@ from churn_common.names import FEATURE_SERVICE
 from churn_common.online import OnlineVector
 from churn_common.store import feature_store
 from serving.features import FeatureReader, make_reader, redis_pipe
-from serving.lookups import Lookup, Lookups
+from serving.lookups import MAX_BATCHES_IN_FLIGHT, Lookup, Lookups
 from serving.metrics import ServingMetrics
 from serving.model_loader import Champion, ChampionLoader
 from serving.redis_pipe import RedisAddress, RedisPipe
@@ -91,7 +91,7 @@ def test_one_iterations_requests_share_one_read_and_one_model_call(world: World)
     assert found[1].vector.stale_views and found[3].vector.as_of is None
 
 
-def test_requests_arriving_during_a_batch_go_together_in_the_next(world: World):
+def test_requests_arriving_while_batches_are_in_flight_go_together_in_the_next(world: World):
     gate = asyncio.Event()
 
     class GatedReader(RecordingReader):
@@ -106,24 +106,28 @@ def test_requests_arriving_during_a_batch_go_together_in_the_next(world: World):
         lookups = Lookups(champion, ServingMetrics())
         try:
             async with asyncio.timeout(10):
-                first = asyncio.create_task(lookups(FRESH_USERS[0]))
-                while not champion.reader.reads:  # the first batch is now waiting on its read
-                    await asyncio.sleep(0)
-                later = [asyncio.create_task(lookups(user_id)) for user_id in FRESH_USERS[1:3]]
+                requests = []
+                for user_id in FRESH_USERS[:MAX_BATCHES_IN_FLIGHT]:  # one batch each, all waiting on their reads
+                    requests.append(asyncio.create_task(lookups(user_id)))
+                    while len(champion.reader.reads) < len(requests):
+                        await asyncio.sleep(0)
+                late = FRESH_USERS[MAX_BATCHES_IN_FLIGHT : MAX_BATCHES_IN_FLIGHT + 2]
+                requests += [asyncio.create_task(lookups(user_id)) for user_id in late]
                 for _ in range(5):
                     await asyncio.sleep(0)
                 reads_while_in_flight = [list(read) for read in champion.reader.reads]
                 gate.set()
-                found = await asyncio.gather(first, *later)
+                found = await asyncio.gather(*requests)
             return reads_while_in_flight, champion.reader.reads, found
         finally:
             await pipe.aclose()
 
     while_in_flight, reads, found = asyncio.run(scenario())
 
-    assert while_in_flight == [[FRESH_USERS[0]]]
-    assert reads == [[FRESH_USERS[0]], list(FRESH_USERS[1:3])]
-    assert [lookup.vector.user_id for lookup in found] == list(FRESH_USERS[:3])
+    first = [[user_id] for user_id in FRESH_USERS[:MAX_BATCHES_IN_FLIGHT]]
+    assert while_in_flight == first
+    assert reads == [*first, list(FRESH_USERS[MAX_BATCHES_IN_FLIGHT : MAX_BATCHES_IN_FLIGHT + 2])]
+    assert [lookup.vector.user_id for lookup in found] == list(FRESH_USERS[: MAX_BATCHES_IN_FLIGHT + 2])
     assert all(lookup.scored is not None for lookup in found)
 
 
