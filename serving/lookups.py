@@ -58,6 +58,8 @@ class Lookups:
         return await waiter
 
     def _launch(self) -> None:
+        if not self._ids:  # an ending batch started the next one with these ids before this scheduled launch ran
+            return
         ids, waiters = self._ids, self._waiters
         self._ids, self._waiters = [], []
         batch = asyncio.get_running_loop().create_task(self._run(ids, waiters))

@@ -131,6 +131,30 @@ def test_requests_arriving_while_batches_are_in_flight_go_together_in_the_next(w
     assert all(lookup.scored is not None for lookup in found)
 
 
+def test_a_request_arriving_as_a_batch_ends_starts_one_batch_not_two(world: World):
+    """A request made as soon as its batch answered still finds that batch counted in flight and schedules a launch,
+    while the batch's end starts the next batch with the request's id: the scheduled launch must find nothing."""
+
+    async def scenario() -> tuple[list[list[int]], Lookup, Lookup]:
+        pipe = redis_pipe(feature_store(world.settings), timeout_s=5.0)
+        champion = load_champion(world, pipe, RecordingReader)
+        lookups = Lookups(champion, ServingMetrics())
+        try:
+            async with asyncio.timeout(10):
+                first = await lookups(UNKNOWN_USER)  # resumes before its batch's end is handled
+                second = await lookups(FRESH_USERS[0])
+                for _ in range(5):
+                    await asyncio.sleep(0)
+            return champion.reader.reads, first, second
+        finally:
+            await pipe.aclose()
+
+    reads, first, second = asyncio.run(scenario())
+
+    assert reads == [[UNKNOWN_USER], [FRESH_USERS[0]]]
+    assert first.scored is None and second.scored is not None
+
+
 def test_an_unreachable_store_fails_every_request_of_the_batch(world: World):
     async def scenario() -> list[BaseException | Lookup]:
         # Nothing listens on a fresh free port: the read fails as a stopped Redis would.
