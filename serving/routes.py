@@ -136,7 +136,8 @@ async def metrics(metrics: MetricsDep) -> Response:
 def add_routes(app: FastAPI, guards: Sequence[params.Depends]) -> None:
     """The routes, on the app itself. ``include_router`` would nest them: FastAPI 0.165 matches every request to an
     included router's route through extra layers (~6 % of /predict's instructions, callgrind). Predictions first:
-    routes are matched in order, and /predict is nearly all of the traffic. ``guards`` go on the predictions only."""
+    routes are matched in order, each route tried and missed costs ~6k instructions, and /predict is nearly all of
+    the traffic. ``guards`` go on the predictions only."""
     add = app.add_api_route
     add(
         "/predict",
@@ -150,3 +151,6 @@ def add_routes(app: FastAPI, guards: Sequence[params.Depends]) -> None:
     add("/health", health)
     add("/ready", ready, responses=_NOT_READY)
     add("/metrics", metrics, response_class=Response, responses=_EXPOSITION)
+    # FastAPI registers its documentation routes when the app is built, ahead of these: four misses before /predict
+    # (~3 % of its instructions). The sort is stable and no two paths overlap, so nothing else changes.
+    app.router.routes.sort(key=lambda route: not getattr(route, "path", "").startswith("/predict"))
