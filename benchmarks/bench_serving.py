@@ -10,8 +10,8 @@ Three servers run side by side: the bare endpoint and two API paths, a random us
 Each path runs at 1 and 8 connections, then the throughput rounds at 32 connections take bare, cold and warm in
 turn, ``--rounds`` times, and the bare endpoint once more at the end: on this shared two-core machine the bare
 figure alone moves by 20-40 % within minutes, so each round's ratios are to the mean of the bare runs right before
-and right after it, and the median round counts. The bare endpoint's p50 at one
-connection is what this machine's loopback and scheduler cost any request.
+and right after it, and the median round counts. The bare endpoint's p50 at one connection is what this machine's
+loopback and scheduler cost any request.
 
 Uses its own Feast project on Redis db 11 and deletes its keys afterwards. Each wrk run is at most 15 s.
 """
@@ -178,7 +178,7 @@ def run(world: World, args: argparse.Namespace, tmp: Path) -> None:
         ]
         bare_last = wrk(bare, 32, args.seconds, None)
     brackets = [run["bare"]["rps"] for run in rounds] + [bare_last["rps"]]
-    for run, before, after in zip(rounds, brackets, brackets[1:], strict=False):
+    for run, before, after in zip(rounds, brackets[:-1], brackets[1:], strict=True):
         run["bare_mean"] = (before + after) / 2
     report(bare_single, low, rounds, load_before, reads_us)
 
