@@ -152,6 +152,7 @@ def add_routes(app: FastAPI, guards: Sequence[params.Depends]) -> None:
     routes are matched in order, each route tried and missed costs ~6k instructions, and /predict is nearly all of
     the traffic. ``guards`` go on the predictions only."""
     add = app.add_api_route
+    # Through the router: FastAPI.add_api_route does not pass a route class on.
     app.router.add_api_route(
         "/predict",
         predict,
