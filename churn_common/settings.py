@@ -3,7 +3,7 @@
 Nothing here touches the disk or the network: paths are computed, never created, on construction.
 """
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -27,12 +27,14 @@ class DataPaths:
         self.ground_truth = self.raw / "ground_truth.parquet"
         self.validated = root / "validated"
         self.users = self.validated / "users.parquet"
+        self.user_history = self.validated / "user_history"
         self.events = self.validated / "events"
         self.quarantine = root / "quarantine"
         self.reports = root / "reports"
         self.features = root / "features"
         self.user_daily = self.features / "user_daily"
         self.snapshots = self.features / "user_daily_snapshots"
+        self.builds = self.features / "builds"
         self.feast = root / "feast"
         self.models = root / "models"
         self.mlflow_db = root / "mlflow" / "mlflow.db"
@@ -47,18 +49,26 @@ class Settings(BaseSettings):
     data_dir: Path = Field(PROJECT_ROOT / "data", description="Root of every generated table, report and model")
     feature_repo: Path = Field(PROJECT_ROOT / "feature_repo", description="The Feast feature repository")
     log_level: str = "INFO"
+    now: datetime | None = Field(
+        None, description="Frozen clock (ISO-8601, UTC) for simulations and tests; empty: the wall clock"
+    )
 
     # --- synthetic data ------------------------------------------------------------------------------------
     seed: int = 42
     n_users: int = 5_000
-    start_date: date = date(2026, 1, 1)
+    start_date: date | None = Field(None, description="First generated day; empty: the period ends yesterday")
     n_days: int = 180
 
     # --- validation gate -----------------------------------------------------------------------------------
     max_quarantine_share: float = Field(0.05, ge=0, le=1, description="Fail the run above this bad-row share")
 
     # --- feature build -------------------------------------------------------------------------------------
-    late_data_days: int = Field(3, ge=0, description="Days before --start rebuilt to absorb late events")
+    late_data_days: int = Field(
+        7,
+        ge=0,
+        description="How late an event may arrive (ingested_at - event_timestamp); later ones are quarantined. "
+        "A daily build re-derives this many days before it, appending a snapshot version per day of arrival",
+    )
 
     # --- Feast ---------------------------------------------------------------------------------------------
     feast_profile: FeastProfile = "embedded"
@@ -92,6 +102,16 @@ class Settings(BaseSettings):
         description="FastAPI's native OpenTelemetry spans, metrics and logs (with a provider configured); "
         "off: the API exports Prometheus metrics, and the per-request check costs ~5 % of /predict",
     )
+
+    def clock(self) -> datetime:
+        """The current instant: ``now`` when set (a simulated day), else the wall clock. Always UTC-aware."""
+        if self.now is None:
+            return datetime.now(UTC)
+        return self.now if self.now.tzinfo else self.now.replace(tzinfo=UTC)
+
+    def generated_start(self, n_days: int) -> date:
+        """First day of a generated period of ``n_days``: ``start_date``, or so that the period ends yesterday."""
+        return self.start_date or self.clock().date() - timedelta(days=n_days)
 
     @cached_property
     def paths(self) -> DataPaths:

@@ -39,7 +39,9 @@ def _parse_date(text: str | None, option: str) -> date | None:
 def generate_command(
     users: Annotated[int | None, typer.Option(help="Number of users (default: settings n_users).")] = None,
     days: Annotated[int | None, typer.Option(help="Days of events from --start (default: settings).")] = None,
-    start: Annotated[str | None, typer.Option(help="First day of events, YYYY-MM-DD (default: settings).")] = None,
+    start: Annotated[
+        str | None, typer.Option(help="First day of events, YYYY-MM-DD (default: the period ends yesterday).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed; the same seed gives identical files.")] = None,
     late_events: Annotated[
         float, typer.Option(help="Share of events ingested 1-5 days after they happened, e.g. 0.05.")
@@ -58,10 +60,11 @@ def generate_command(
     """Generate synthetic raw users, events and hidden ground truth under the data directory."""
     settings = Settings()
     try:
+        n_days = days if days is not None else settings.n_days
         config = GeneratorConfig(
             n_users=users if users is not None else settings.n_users,
-            start=_parse_date(start, "--start") or settings.start_date,
-            n_days=days if days is not None else settings.n_days,
+            start=_parse_date(start, "--start") or settings.generated_start(n_days),
+            n_days=n_days,
             seed=seed if seed is not None else settings.seed,
             late_share=late_events,
             drift_date=_parse_date(drift, "--drift"),

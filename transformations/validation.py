@@ -65,8 +65,11 @@ class EventReason(StrEnum):
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     INVALID_VALUE = "invalid_value"
     FUTURE_TIMESTAMP = "future_timestamp"
+    FUTURE_INGESTION = "future_ingestion"
+    TOO_LATE = "too_late"
     UNKNOWN_USER = "unknown_user"
     BEFORE_SIGNUP = "before_signup"
+    AFTER_CLOSURE = "after_closure"
     DUPLICATE_EVENT = "duplicate_event"
 
 
@@ -76,6 +79,8 @@ class UserReason(StrEnum):
     INVALID_USER_ID = "invalid_user_id"
     UNPARSEABLE_SIGNUP = "unparseable_signup"
     UNPARSEABLE_CLOSED_AT = "unparseable_closed_at"
+    FUTURE_SIGNUP = "future_signup"
+    CLOSED_BEFORE_SIGNUP = "closed_before_signup"
     DUPLICATE_USER_ID = "duplicate_user_id"
 
 
