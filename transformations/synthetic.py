@@ -15,6 +15,14 @@ The story each user follows:
 * Non-churners keep a stable but noisy engagement (a Bernoulli active day, a Poisson number of events,
   quieter weekends). Paid users are charged every 30 days after signup until they churn.
 
+Raw data is what a daily pipeline would have received by the end of the period ``[start, start + n_days)``:
+
+* Raw events land in daily drops by the UTC day they arrived (``ingested_at``), not the day they happened:
+  ``raw/events/date=<ingestion day>/part-<chunk>.parquet``. Events arriving at or after the period end have
+  not arrived yet, so they are simply absent (the last days therefore hold fewer late events).
+* ``raw/users.parquet`` is the accounts export as of the period end: closures after it are null.
+  ``users_as_of`` derives the export as it looked at an earlier instant (for day-by-day simulations).
+
 Options:
 
 * ``late_share``: that share of events reaches us 1-5 days after it happened (``ingested_at``); the others
@@ -25,6 +33,10 @@ Options:
 * ``dirty``: injects each bad-row class the validation gate knows, in fixed counts (``DIRTY_EVENT_COUNTS``,
   ``DIRTY_USER_COUNTS``) recorded in ``raw/dirty_manifest.json``. Raw ``user_id`` / ``event_timestamp``
   (events) and ``user_id`` / ``signup_at`` (users) are then written as strings so they can hold garbage.
+  The gate gives each row one reason (the first in precedence order), so every injected row carries exactly
+  one defect and nothing earlier: rows moved in time are re-ingested shortly after their new instant (never
+  too late), and validated with ``now`` = the period end no clean row is flagged. Future-ingestion rows are
+  written to the drop of their event day, as no drop of ten years on exists.
 
 Users are simulated in chunks of ``CHUNK_USERS`` on a user x day grid with numpy, so memory stays bounded.
 Every chunk has its own random stream derived from the seed: the same seed gives byte-identical files.
@@ -34,12 +46,13 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from churn_common.errors import ConfigurationError
@@ -51,6 +64,9 @@ logger = logging.getLogger(__name__)
 CHUNK_USERS = 10_000
 DAY_US = 86_400 * 1_000_000
 TS_US_UTC = pa.timestamp("us", tz="UTC")
+TEN_YEARS_US = 3652 * DAY_US
+TOO_LATE_US = 20 * DAY_US  # well past Settings.late_data_days (7), well before the period end
+REINGEST_DELAY_US = 60 * 1_000_000  # "shortly after": how soon an injected row that moved in time arrives
 
 COUNTRIES = ("DE", "FR", "GB", "US", "IN", "BR")
 COUNTRY_P = (0.2, 0.15, 0.15, 0.25, 0.15, 0.1)
@@ -81,14 +97,19 @@ DIRTY_EVENT_COUNTS = {
     EventReason.UNKNOWN_EVENT_TYPE: 4,
     EventReason.INVALID_VALUE: 8,
     EventReason.FUTURE_TIMESTAMP: 3,
+    EventReason.FUTURE_INGESTION: 3,
+    EventReason.TOO_LATE: 4,
     EventReason.UNKNOWN_USER: 4,
     EventReason.BEFORE_SIGNUP: 3,
+    EventReason.AFTER_CLOSURE: 3,
     EventReason.DUPLICATE_EVENT: 5,
 }
 DIRTY_USER_COUNTS = {
     UserReason.INVALID_USER_ID: 3,
-    UserReason.DUPLICATE_USER_ID: 2,
     UserReason.UNPARSEABLE_SIGNUP: 2,
+    UserReason.FUTURE_SIGNUP: 2,
+    UserReason.CLOSED_BEFORE_SIGNUP: 2,
+    UserReason.DUPLICATE_USER_ID: 2,
 }
 
 
@@ -111,6 +132,11 @@ class GeneratorConfig:
     @property
     def start_us(self) -> int:
         return int(pd.Timestamp(self.start, tz="UTC").value // 1_000)
+
+    @property
+    def end_us(self) -> int:
+        """The period end (exclusive): ``start + n_days`` in epoch microseconds."""
+        return self.start_us + self.n_days * DAY_US
 
     @property
     def drift_day(self) -> int | None:
@@ -141,14 +167,14 @@ def generate(paths: DataPaths, config: GeneratorConfig) -> GenerationSummary:
         chunk = {key: column[first : first + CHUNK_USERS] for key, column in users.items()}
         events = _simulate_events(chunk, config, np.random.default_rng([config.seed, 1, chunk_no]))
         if config.dirty and chunk_no == 0:
-            events = _inject_dirty_events(events, chunk, config.seed)
+            events = _inject_dirty_events(events, chunk, config)
         n_events += len(events["user_id"])
         dates |= _write_event_partitions(paths.raw_events, events, chunk_no, config)
     _write_users(paths, users, config)
     _write_ground_truth(paths, users)
     if config.dirty:
         _write_manifest(paths)
-    logger.info("generated %d users, %d events over %d dates", config.n_users, n_events, len(dates))
+    logger.info("generated %d users, %d events in %d daily drops", config.n_users, n_events, len(dates))
     return GenerationSummary(config.n_users, n_events, int(np.sum(users["churn_us"] >= 0)), len(dates))
 
 
@@ -221,6 +247,25 @@ def _write_users(paths: DataPaths, users: dict[str, np.ndarray], config: Generat
     pq.write_table(table, paths.raw_users)
 
 
+def users_as_of(users: pa.Table, instant: datetime) -> pa.Table:
+    """The accounts export as it looked at ``instant``: users who signed up before it, closures from it on null.
+
+    Works on a typed export (timestamp columns); a naive ``instant`` is UTC. A dirty, string-typed export is
+    rejected: its timestamps are not parsed yet, so which rows existed at ``instant`` is unknown.
+    """
+    for name in ("signup_at", "closed_at"):
+        if name not in users.column_names or not pa.types.is_timestamp(users.schema.field(name).type):
+            found = users.schema.field(name).type if name in users.column_names else "no such column"
+            raise ConfigurationError(f"users_as_of needs a typed export: {name!r} must be a timestamp, got {found}")
+    at = instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+    signed_up = users.filter(pc.less(users["signup_at"], pa.scalar(at, users.schema.field("signup_at").type)))
+    closed = signed_up["closed_at"]
+    not_yet = pc.greater_equal(closed, pa.scalar(at, closed.type))
+    position = signed_up.schema.get_field_index("closed_at")
+    as_of = pc.if_else(not_yet, pa.scalar(None, closed.type), closed)
+    return signed_up.set_column(position, signed_up.schema.field(position), as_of)
+
+
 def _write_ground_truth(paths: DataPaths, users: dict[str, np.ndarray]) -> None:
     table = pa.table(
         {
@@ -268,7 +313,7 @@ def _simulate_events(
     user_idx, day = np.divmod(cell, config.n_days)
     value = _values(code, day, level.ravel()[cell], decline.ravel()[cell], config, rng)
     ts_us = _event_times(user_idx, day, chunk, config, rng)
-    return _sorted_events(chunk["user_id"][user_idx], day, code, value, ts_us, config, rng)
+    return _arrived_events(chunk["user_id"][user_idx], code, value, ts_us, config, rng)
 
 
 def _payments(
@@ -317,34 +362,42 @@ def _event_times(
     return day_start + low + (rng.random(len(day)) * (DAY_US - low)).astype(np.int64)
 
 
-def _sorted_events(
+def _day_index(us: np.ndarray, config: GeneratorConfig) -> np.ndarray:
+    return (us - config.start_us) // DAY_US
+
+
+def _arrived_events(
     user_id: np.ndarray,
-    day: np.ndarray,
     code: np.ndarray,
     value: np.ndarray,
     ts_us: np.ndarray,
     config: GeneratorConfig,
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
+    """Draw arrival times; keep the events that arrived within the period, ordered by drop, user and time."""
     late = rng.random(len(ts_us)) < config.late_share
     delay_s = np.where(late, 86_400 * (1 + 4 * rng.random(len(ts_us))) + 1, 1 + 299 * rng.random(len(ts_us)))
-    order = np.lexsort((ts_us, user_id, day))
+    ingested_us = ts_us + (delay_s * 1_000_000).astype(np.int64)
     events = {
         "user_id": user_id,
-        "day": day,
         "code": code,
         "value": value,
         "ts_us": ts_us,
-        "ingested_us": ts_us + (delay_s * 1_000_000).astype(np.int64),
+        "ingested_us": ingested_us,
+        "drop_day": _day_index(ingested_us, config),
     }
+    order = np.lexsort((ts_us, user_id, events["drop_day"]))
+    order = order[ingested_us[order] < config.end_us]
     return {key: column[order] for key, column in events.items()}
 
 
 def _write_event_partitions(
     root: Path, events: dict[str, np.ndarray], chunk_no: int, config: GeneratorConfig
 ) -> set[date]:
-    table = _events_table(events, config.dirty)
-    days = events["day"]
+    # Stable: clean rows are already in drop order; only rows dirty mode re-ingested move.
+    order = np.argsort(events["drop_day"], kind="stable")
+    table = _events_table(events, config.dirty).take(order)
+    days = events["drop_day"][order]
     bounds = np.flatnonzero(np.diff(days)) + 1
     written = set()
     for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(days)], strict=True):
@@ -402,10 +455,13 @@ class _RowPool:
         self._order = rng.permutation(len(codes))
         self._free = np.ones(len(codes), dtype=bool)
 
-    def take(self, count: int, type_name: str | None = None) -> np.ndarray:
+    def take(self, count: int, type_name: str | None = None, where: np.ndarray | None = None) -> np.ndarray:
+        """``count`` free rows, of ``type_name`` only and only where the mask ``where`` holds, when given."""
         candidates = self._order[self._free[self._order]]
         if type_name is not None:
             candidates = candidates[self._codes[candidates] == TYPE_CODE[type_name]]
+        if where is not None:
+            candidates = candidates[where[candidates]]
         rows = candidates[:count]
         if len(rows) < count:
             raise ConfigurationError(f"too few {type_name or ''} events to inject dirty rows; generate more data")
@@ -414,12 +470,12 @@ class _RowPool:
 
 
 def _inject_dirty_events(
-    events: dict[str, np.ndarray], chunk: dict[str, np.ndarray], seed: int
+    events: dict[str, np.ndarray], chunk: dict[str, np.ndarray], config: GeneratorConfig
 ) -> dict[str, np.ndarray]:
     """Corrupt distinct clean rows (one defect each), then append exact copies of others."""
     events = {key: column.copy() for key, column in _with_string_columns(events).items()}
     events["type_override"] = np.full(len(events["code"]), None, dtype=object)
-    pool = _RowPool(events["code"], np.random.default_rng([seed, 2]))
+    pool = _RowPool(events["code"], np.random.default_rng([config.seed, 2]))
     rows = pool.take(DIRTY_EVENT_COUNTS[EventReason.INVALID_USER_ID])
     events["user_id_str"][rows] = np.resize(np.array([None, "", "abc", "12x", "-4", "7.5"], dtype=object), len(rows))
     rows = pool.take(DIRTY_EVENT_COUNTS[EventReason.UNPARSEABLE_TIMESTAMP])
@@ -428,13 +484,13 @@ def _inject_dirty_events(
     rows = pool.take(DIRTY_EVENT_COUNTS[EventReason.UNKNOWN_EVENT_TYPE])
     events["code"][rows], events["type_override"][rows] = -1, "video_pause"
     _corrupt_values(events, pool)
-    _corrupt_times(events, pool, chunk)
+    _corrupt_times(events, pool, chunk, config)
+    _corrupt_arrivals(events, pool, config)
     rows = pool.take(DIRTY_EVENT_COUNTS[EventReason.UNKNOWN_USER])
     events["user_id_str"][rows] = [str(10**12 + i) for i in range(len(rows))]
+    # Copies share their original's drop and follow it there (the writer sorts stably): the original comes first.
     copies = pool.take(DIRTY_EVENT_COUNTS[EventReason.DUPLICATE_EVENT])
-    # A stable sort puts each copy right after its original, so day order (and partitioning) holds.
-    order = np.argsort(np.r_[np.arange(len(events["code"])), copies], kind="stable")
-    return {key: np.r_[column, column[copies]][order] for key, column in events.items()}
+    return {key: np.r_[column, column[copies]] for key, column in events.items()}
 
 
 def _corrupt_values(events: dict[str, np.ndarray], pool: _RowPool) -> None:
@@ -445,29 +501,88 @@ def _corrupt_values(events: dict[str, np.ndarray], pool: _RowPool) -> None:
     events["value"][pool.take(per_kind, "video_watch")] = np.nan
 
 
-def _corrupt_times(events: dict[str, np.ndarray], pool: _RowPool, chunk: dict[str, np.ndarray]) -> None:
-    # Ten years on: in the future for any run of the gate near the generated period.
+def _move(events: dict[str, np.ndarray], rows: np.ndarray, ts_us: np.ndarray) -> None:
+    events["ts_us"][rows] = ts_us
+    events["ts_str"][rows] = _iso(ts_us)
+
+
+def _reingest(
+    events: dict[str, np.ndarray],
+    rows: np.ndarray,
+    ingested_us: np.ndarray,
+    config: GeneratorConfig,
+    drop_us: np.ndarray | None = None,
+) -> None:
+    """New arrival instants for ``rows``, written to the drop of that day (or of ``drop_us``, when given)."""
+    events["ingested_us"][rows] = ingested_us
+    events["drop_day"][rows] = _day_index(ingested_us if drop_us is None else drop_us, config)
+
+
+def _corrupt_times(
+    events: dict[str, np.ndarray], pool: _RowPool, chunk: dict[str, np.ndarray], config: GeneratorConfig
+) -> None:
+    """Events moved to ten years on, to before their user's signup, and to after their user's closure."""
+    # Ten years on, still ingested when they were: in the future for any run of the gate near the period, and
+    # arrived before they happened (negative lateness), so never too late.
     rows = pool.take(DIRTY_EVENT_COUNTS[EventReason.FUTURE_TIMESTAMP])
-    events["ts_str"][rows] = _iso(events["ts_us"][rows] + 3652 * DAY_US)
-    rows = pool.take(DIRTY_EVENT_COUNTS[EventReason.BEFORE_SIGNUP])
-    signup_us = chunk["signup_us"][np.searchsorted(chunk["user_id"], events["user_id"][rows])]
-    events["ts_str"][rows] = _iso(signup_us - DAY_US)
+    _move(events, rows, events["ts_us"][rows] + TEN_YEARS_US)
+    user = np.searchsorted(chunk["user_id"], events["user_id"])
+    signup_us, closed_us = chunk["signup_us"][user], chunk["closed_us"][user]
+    # Arriving just after the signup keeps them within the lateness limit (one day late) and puts them in a drop
+    # whose accounts export already knows the user, so a day-by-day gate also says before_signup.
+    in_period = (signup_us - DAY_US >= config.start_us) & (signup_us + REINGEST_DELAY_US < config.end_us)
+    rows = pool.take(DIRTY_EVENT_COUNTS[EventReason.BEFORE_SIGNUP], where=in_period)
+    _move(events, rows, signup_us[rows] - DAY_US)
+    _reingest(events, rows, signup_us[rows] + REINGEST_DELAY_US, config)
+    # Halfway between the closure and the period end, arriving a minute later (still before the end).
+    closed_in_period = (closed_us >= 0) & (closed_us + 2 * REINGEST_DELAY_US < config.end_us)
+    rows = pool.take(DIRTY_EVENT_COUNTS[EventReason.AFTER_CLOSURE], where=closed_in_period)
+    _move(events, rows, closed_us[rows] + (config.end_us - closed_us[rows]) // 2)
+    _reingest(events, rows, events["ts_us"][rows] + REINGEST_DELAY_US, config)
+
+
+def _corrupt_arrivals(events: dict[str, np.ndarray], pool: _RowPool, config: GeneratorConfig) -> None:
+    """Events ingested ten years after they happened, and 20 days after (too late, but arrived in the period)."""
+    ts_us = events["ts_us"]
+    rows = pool.take(DIRTY_EVENT_COUNTS[EventReason.FUTURE_INGESTION])
+    # No drop of ten years on exists: the event's own day gets them, so they reach the gate at all.
+    _reingest(events, rows, ts_us[rows] + TEN_YEARS_US, config, drop_us=ts_us[rows])
+    rows = pool.take(DIRTY_EVENT_COUNTS[EventReason.TOO_LATE], where=ts_us + TOO_LATE_US < config.end_us)
+    _reingest(events, rows, ts_us[rows] + TOO_LATE_US, config)
 
 
 def _inject_dirty_users(table: pa.Table, n_users: int) -> pa.Table:
     """String-typed ids and signups, plus bad rows whose ids no event refers to."""
     frame = table.to_pandas()
+    signup_us = frame["signup_at"].array.asi8
     frame["user_id"] = frame["user_id"].astype(str)
-    frame["signup_at"] = _iso(frame["signup_at"].array.asi8)
+    frame["signup_at"] = _iso(signup_us)
     garbage_ids = np.array([None, "user-9", "1e3", "", " "], dtype=object)
     bad_ids = _repeat_rows(frame, DIRTY_USER_COUNTS[UserReason.INVALID_USER_ID])
     bad_ids["user_id"] = np.resize(garbage_ids, len(bad_ids))
     bad_signups = _repeat_rows(frame, DIRTY_USER_COUNTS[UserReason.UNPARSEABLE_SIGNUP])
-    bad_signups["user_id"] = [str(n_users + 1 + i) for i in range(len(bad_signups))]
     bad_signups["signup_at"] = np.resize(np.array(["soon", "2026-99-01", None], dtype=object), len(bad_signups))
+    bad_times = _bad_signup_times(frame, signup_us)
+    # Fresh ids for every new row no event refers to, so none of them turns events into unknown_user ones.
+    fresh, next_id = [bad_signups, *bad_times], n_users + 1
+    for rows in fresh:
+        rows["user_id"] = [str(next_id + i) for i in range(len(rows))]
+        next_id += len(rows)
     duplicates = _repeat_rows(frame, DIRTY_USER_COUNTS[UserReason.DUPLICATE_USER_ID])
-    frame = pd.concat([frame, bad_ids, bad_signups, duplicates], ignore_index=True)
+    frame = pd.concat([frame, bad_ids, *fresh, duplicates], ignore_index=True)
     return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _bad_signup_times(frame: pd.DataFrame, signup_us: np.ndarray) -> list[pd.DataFrame]:
+    """Copies of users signing up ten years on (never closed), and of users closed a day before signing up."""
+    future = _repeat_rows(frame, DIRTY_USER_COUNTS[UserReason.FUTURE_SIGNUP])
+    future["signup_at"] = _iso(signup_us[np.arange(len(future)) % len(frame)] + TEN_YEARS_US)
+    # Without a closure, so closed_before_signup (later in precedence) cannot apply to them as well.
+    future["closed_at"] = pd.NaT
+    closed_early = _repeat_rows(frame, DIRTY_USER_COUNTS[UserReason.CLOSED_BEFORE_SIGNUP])
+    closed_us = signup_us[np.arange(len(closed_early)) % len(frame)] - DAY_US
+    closed_early["closed_at"] = pd.to_datetime(closed_us, unit="us", utc=True).astype(frame["closed_at"].dtype)
+    return [future, closed_early]
 
 
 def _repeat_rows(frame: pd.DataFrame, count: int) -> pd.DataFrame:

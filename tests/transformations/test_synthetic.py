@@ -1,6 +1,6 @@
 """The synthetic generator: contract of its files, determinism, and the behaviours it promises."""
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -9,15 +9,18 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from churn_common.errors import ConfigurationError
 from churn_common.settings import DataPaths, Settings
 from jobs.cli import app
 from transformations.catalog import ELEARNING
-from transformations.synthetic import GeneratorConfig, generate
+from transformations.synthetic import GeneratorConfig, generate, read_manifest, users_as_of
 
 START = date(2026, 1, 1)
 DAYS = 120
 TS = pa.timestamp("us", tz="UTC")
 DAY = pd.Timedelta(days=1)
+PERIOD_END = pd.Timestamp(START, tz="UTC") + DAYS * DAY
+LATE_LIMIT = pd.Timedelta(days=7)  # Settings.late_data_days
 
 
 def _generate(root: Path, **overrides: object) -> DataPaths:
@@ -39,6 +42,20 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> DataPaths:
 @pytest.fixture(scope="module")
 def base_events(base: DataPaths) -> pd.DataFrame:
     return _events(base)
+
+
+@pytest.fixture(scope="module")
+def dirty(tmp_path_factory: pytest.TempPathFactory) -> DataPaths:
+    return _generate(tmp_path_factory.mktemp("dirty"), n_users=300, seed=5, dirty=True)
+
+
+def _drops(paths: DataPaths) -> pd.DataFrame:
+    """Every raw event row with the day its partition (daily drop) is named after."""
+    frames = [
+        pd.read_parquet(part).assign(drop_day=pd.Timestamp(part.parent.name.removeprefix("date="), tz="UTC"))
+        for part in sorted(paths.raw_events.glob("date=*/part-*.parquet"))
+    ]
+    return pd.concat(frames, ignore_index=True)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +89,7 @@ def test_raw_files_follow_the_contract(base: DataPaths) -> None:
             ("value", pa.float64()),
             ("ingested_at", TS),
         ]
-        days = {ts.date().isoformat() for ts in table["event_timestamp"].to_pylist()}
+        days = {ts.date().isoformat() for ts in table["ingested_at"].to_pylist()}
         assert days == {part.parent.name.removeprefix("date=")}
 
 
@@ -226,3 +243,152 @@ def test_cli_rejects_an_impossible_late_share(settings: Settings) -> None:
     assert result.exit_code != 0
     assert "late-events share must be within [0, 1]" in result.output
     assert not settings.paths.raw.exists()
+
+
+def test_cli_default_period_ends_yesterday_by_the_settings_clock(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHURN_NOW", "2026-03-15T08:30:00Z")
+    monkeypatch.setenv("CHURN_N_USERS", "200")
+    monkeypatch.setenv("CHURN_N_DAYS", "30")
+    result = CliRunner().invoke(app, ["data", "generate"])
+    assert result.exit_code == 0, result.output
+    assert "in the period 2026-02-13..2026-03-14" in result.output
+    event_days = pd.read_parquet(settings.paths.raw_events)["event_timestamp"].dt.date
+    assert event_days.min() == date(2026, 2, 13)
+    assert event_days.max() == date(2026, 3, 14)
+    dates = sorted(p.name for p in settings.paths.raw_events.glob("date=*"))
+    assert (dates[0], dates[-1], len(dates)) == ("date=2026-02-13", "date=2026-03-14", 30)
+
+
+# --- daily drops: raw events partitioned by the day they arrived -------------------------------------------
+
+
+def test_events_land_in_the_drop_of_the_day_they_arrived(base: DataPaths) -> None:
+    events = _drops(base)
+    assert (events["ingested_at"] >= events["drop_day"]).all()
+    assert (events["ingested_at"] < events["drop_day"] + DAY).all()
+    # Nothing has arrived at or after the period end, yet its last day has a drop.
+    assert (events["ingested_at"] < PERIOD_END).all()
+    assert events["drop_day"].max() == PERIOD_END - DAY
+    late = events["ingested_at"] - events["event_timestamp"] > DAY
+    assert late.sum() > 100
+    event_day = events["event_timestamp"].dt.floor("D")
+    assert (events.loc[late, "drop_day"] > event_day[late]).all()
+    assert (events.loc[~late, "drop_day"] - event_day[~late]).isin([pd.Timedelta(0), DAY]).all()
+
+
+def test_summary_counts_written_events_and_ingestion_day_drops(tmp_path: Path) -> None:
+    paths = DataPaths(tmp_path)
+    summary = generate(paths, GeneratorConfig(n_users=100, start=START, n_days=30, seed=3, late_share=0.3))
+    drops = list(paths.raw_events.glob("date=*"))
+    assert summary.n_partitions == len(drops) == 30
+    assert summary.n_events == sum(pq.read_metadata(p).num_rows for p in paths.raw_events.rglob("*.parquet"))
+
+
+# --- the accounts export as of an instant ------------------------------------------------------------------
+
+
+def test_users_as_of_hides_later_signups_and_closures(base: DataPaths) -> None:
+    full = pq.read_table(base.raw_users)
+    instant = datetime(2026, 3, 1, tzinfo=UTC)
+    as_of = users_as_of(full, instant)
+    assert as_of.schema == full.schema
+    everyone, frame = full.to_pandas(), as_of.to_pandas()
+    at = pd.Timestamp(instant)
+    known = everyone[everyone["signup_at"] < at].reset_index(drop=True)
+    assert 0 < len(known) < len(everyone)
+    assert frame.drop(columns="closed_at").equals(known.drop(columns="closed_at"))
+    closed_before, closed_after = known["closed_at"] < at, known["closed_at"] >= at
+    assert closed_before.sum() > 0 and closed_after.sum() > 0
+    assert frame.loc[closed_before, "closed_at"].equals(known.loc[closed_before, "closed_at"])
+    assert frame.loc[~closed_before, "closed_at"].isna().all()
+
+
+def test_users_as_of_excludes_the_instant_itself() -> None:
+    at = datetime(2026, 2, 1, tzinfo=UTC)
+    second = timedelta(seconds=1)
+    users = pa.table(
+        {
+            "user_id": pa.array([1, 2, 3, 4], pa.int64()),
+            "signup_at": pa.array([at - 2 * second, at - second, at, at - second], TS),
+            "closed_at": pa.array([at - second, at, None, None], TS),
+        }
+    )
+    as_of = users_as_of(users, at).to_pydict()
+    assert as_of == {
+        "user_id": [1, 2, 4],
+        "signup_at": [at - 2 * second, at - second, at - second],
+        "closed_at": [at - second, None, None],
+    }
+    # A naive instant is UTC, as everywhere in the platform.
+    assert users_as_of(users, at.replace(tzinfo=None)).equals(users_as_of(users, at))
+
+
+def test_users_as_of_rejects_a_dirty_string_typed_export(dirty: DataPaths) -> None:
+    with pytest.raises(ConfigurationError, match="signup_at"):
+        users_as_of(pq.read_table(dirty.raw_users), datetime(2026, 3, 1, tzinfo=UTC))
+
+
+# --- dirty mode: the new bad-row classes -------------------------------------------------------------------
+
+
+def _parsed_dirty(paths: DataPaths) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Raw dirty events and users with ids and timestamps parsed where they parse (garbage -> NaN/NaT)."""
+    events = _drops(paths)
+    events["uid"] = pd.to_numeric(events["user_id"], errors="coerce")
+    events["ts"] = pd.to_datetime(events["event_timestamp"], utc=True, errors="coerce", format="ISO8601")
+    users = pd.read_parquet(paths.raw_users)
+    users["uid"] = pd.to_numeric(users["user_id"], errors="coerce")
+    users["signup"] = pd.to_datetime(users["signup_at"], utc=True, errors="coerce", format="ISO8601")
+    return events, users.dropna(subset=["uid"]).drop_duplicates("uid")
+
+
+def test_dirty_arrival_defects_match_the_manifest(dirty: DataPaths) -> None:
+    counts = read_manifest(dirty)["events"]
+    events, _ = _parsed_dirty(dirty)
+    lateness = events["ingested_at"] - events["ts"]
+    future = events["ingested_at"] > PERIOD_END
+    assert future.sum() == counts["future_ingestion"] > 0
+    # Written to the drop of their event day, so they reach the gate at all.
+    assert (events.loc[future, "drop_day"] == events.loc[future, "ts"].dt.floor("D")).all()
+    arrived = events[~future]
+    assert (arrived["ingested_at"] >= arrived["drop_day"]).all()
+    assert (arrived["ingested_at"] < arrived["drop_day"] + DAY).all()
+    too_late = ~future & (lateness > LATE_LIMIT)
+    assert too_late.sum() == counts["too_late"] > 0
+    assert (lateness[too_late] == pd.Timedelta(days=20)).all()
+    # Ten years on, yet arrived: negative lateness, never too late.
+    future_ts = events["ts"] > PERIOD_END
+    assert future_ts.sum() == counts["future_timestamp"] > 0
+    assert (lateness[future_ts] < pd.Timedelta(0)).all()
+
+
+def test_dirty_events_around_signup_and_closure_match_the_manifest(dirty: DataPaths) -> None:
+    counts = read_manifest(dirty)["events"]
+    events, users = _parsed_dirty(dirty)
+    joined = events.merge(users[["uid", "signup", "closed_at"]], on="uid", validate="m:1")
+    lateness = joined["ingested_at"] - joined["ts"]
+    after_closure = (joined["ts"] > joined["closed_at"]) & (joined["ts"] < PERIOD_END)
+    assert after_closure.sum() == counts["after_closure"] > 0
+    assert lateness[after_closure].between(pd.Timedelta(0), pd.Timedelta(minutes=5)).all()
+    before_signup = joined["ts"] < joined["signup"]
+    assert before_signup.sum() == counts["before_signup"] > 0
+    # Arrived after the signup (the user is in that day's export), well within the lateness limit.
+    assert (joined.loc[before_signup, "ingested_at"] > joined.loc[before_signup, "signup"]).all()
+    assert (lateness[before_signup] <= LATE_LIMIT).all()
+
+
+def test_dirty_user_defects_match_the_manifest_and_no_event_refers_to_them(dirty: DataPaths) -> None:
+    counts = read_manifest(dirty)["users"]
+    events, users = _parsed_dirty(dirty)
+    assert pq.read_schema(dirty.raw_users).field("closed_at").type == TS
+    future_signup = users["signup"] > PERIOD_END
+    assert future_signup.sum() == counts["future_signup"] > 0
+    closed_early = users["closed_at"] < users["signup"]
+    assert closed_early.sum() == counts["closed_before_signup"] > 0
+    assert (users.loc[closed_early, "signup"] - users.loc[closed_early, "closed_at"] == DAY).all()
+    fresh = set(users.loc[future_signup | closed_early, "uid"])
+    assert len(fresh) == counts["future_signup"] + counts["closed_before_signup"]
+    assert min(fresh) > 300
+    assert not fresh & set(events["uid"].dropna())
