@@ -3,7 +3,7 @@
 import importlib
 import logging
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -74,9 +74,11 @@ def generate_command(
         summary = generate(settings.paths, config)
     except ConfigurationError as exc:
         raise _fail(exc) from exc
+    last_day = config.start + timedelta(days=config.n_days - 1)
     typer.echo(
-        f"generated {summary.n_users} users ({summary.n_churners} churn in the period), {summary.n_events} events "
-        f"over {summary.n_partitions} dates in {time.perf_counter() - began:.1f}s -> {settings.paths.raw}"
+        f"generated {summary.n_users} users ({summary.n_churners} churn in the period {config.start}..{last_day}), "
+        f"{summary.n_events} events in {summary.n_partitions} daily drops in {time.perf_counter() - began:.1f}s "
+        f"-> {settings.paths.raw}"
     )
 
 
