@@ -19,7 +19,7 @@ from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE, REGISTERED_MODEL
 from churn_common.store import feature_store
 from serving.features import make_reader, redis_pipe
 from serving.metrics import ServingMetrics
-from serving.model_loader import ChampionHolder, ChampionLoader, poll_champion
+from serving.model_loader import Champion, ChampionHolder, ChampionLoader, poll_champion
 from tests.serving.conftest import app_client
 from tests.serving.expected import expected_prediction
 from tests.serving.world import FRESH_USERS, World, register_champion, train_model
@@ -153,7 +153,7 @@ def test_an_app_started_on_a_champion_that_fails_to_load_says_why_and_serves_the
 def test_the_poll_loop_survives_a_failing_swap_callback_and_ends_when_cancelled(world: World):
     swaps: list[str] = []
 
-    def on_swap(champion: Any) -> None:
+    def on_swap(champion: Champion) -> None:
         swaps.append(champion.version)
         raise RuntimeError("announcing the new champion failed")
 
@@ -167,7 +167,6 @@ def test_the_poll_loop_survives_a_failing_swap_callback_and_ends_when_cancelled(
             async with asyncio.timeout(120):
                 while not swaps:
                     await asyncio.sleep(0.01)
-                # Registering blocks the loop: the poller cannot see the new version before it is the champion.
                 newer = register_champion(world, train_model(world, seed=4))
                 while len(swaps) < 2 and not poller.done():
                     await asyncio.sleep(0.01)
