@@ -53,11 +53,11 @@ def _lifespan(settings: Settings, metrics: ServingMetrics, score_cache_size: int
         blas_limits = threadpool_limits(1)
         state = _build_state(settings, metrics, score_cache_size)
         app.state.serving = state
-        if await refresh_champion(state.holder, state.loader) and state.holder.current is not None:
+        if await refresh_champion(state.holder, state.loader, metrics) and state.holder.current is not None:
             _announce(metrics, state.holder.current)
         _freeze_heap()
         poller = asyncio.create_task(
-            poll_champion(state.holder, state.loader, settings.model_poll_seconds, partial(_swapped, metrics))
+            poll_champion(state.holder, state.loader, metrics, settings.model_poll_seconds, partial(_swapped, metrics))
         )
         try:
             yield

@@ -53,6 +53,22 @@ class ServingMetrics:
         self.freshness = Gauge(
             "churn_feature_age_seconds", "Age of the newest online feature snapshot seen", registry=r
         )
+        self.model_load_failures = Counter(
+            "churn_model_load_failures",
+            "Champion checks that failed (resolving the alias or loading the version), by exception class",
+            ["reason"],
+            registry=r,
+        )
+        self.model_load_attempt = Gauge(
+            "churn_model_last_load_attempt_timestamp_seconds",
+            "Unix time the champion alias was last checked (and its version loaded when it moved)",
+            registry=r,
+        )
+        self.model_load_success = Gauge(
+            "churn_model_last_load_success_timestamp_seconds",
+            "Unix time a check last ended with the alias's version serving (loaded or already current)",
+            registry=r,
+        )
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.observe((endpoint, str(status)), seconds)
@@ -77,6 +93,17 @@ class ServingMetrics:
 
     def set_model(self, name: str, version: str, alias: str) -> None:
         self.model_info.labels = (name, version, alias)
+
+    # Wall time, not Settings.clock(): an alert compares these with its own now, and a frozen simulated clock would
+    # make a live poller look dead.
+    def model_load_started(self) -> None:
+        self.model_load_attempt.set(time.time())
+
+    def model_load_succeeded(self) -> None:
+        self.model_load_success.set(time.time())
+
+    def model_load_failed(self, exc: Exception) -> None:
+        self.model_load_failures.labels(type(exc).__name__).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

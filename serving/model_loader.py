@@ -26,6 +26,7 @@ from churn_common.model import ChurnModel
 from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE_TAG, REGISTERED_MODEL
 from churn_common.store import get_feature_service
 from serving.features import FeatureReader
+from serving.metrics import ServingMetrics
 from serving.scoring import BatchScorer, scorer_for
 
 logger = logging.getLogger(__name__)
@@ -162,28 +163,53 @@ class ChampionLoader:
         return model
 
 
-async def refresh_champion(holder: ChampionHolder, loader: ChampionLoader) -> bool:
+async def refresh_champion(holder: ChampionHolder, loader: ChampionLoader, metrics: ServingMetrics) -> bool:
     """Load the champion if it changed. Returns whether a swap happened; keeps serving the old one on failure."""
+    metrics.model_load_started()
+    version: ModelVersion | None = None
     try:
         version = await anyio.to_thread.run_sync(loader.champion_version)
         current = holder.current
         if current is not None and current.version == str(version.version):
+            metrics.model_load_succeeded()
             return False
         champion = await anyio.to_thread.run_sync(loader.load, version)
-    except ChurnError as exc:
-        logger.warning("champion not (re)loaded: %s", exc)
-        if holder.current is None:
-            holder.problem = str(exc)
+    # Not only our errors: unpickling runs the model's own code, and one bad version must not stop the poller.
+    except Exception as exc:  # noqa: BLE001 - logged and counted in _load_failed, retried at the next poll
+        _load_failed(holder, metrics, exc, version)
         return False
+    metrics.model_load_succeeded()
     holder.current = champion
     logger.info("serving %s version %s (%s)", champion.name, champion.version, champion.feature_service)
     return True
 
 
+def _load_failed(holder: ChampionHolder, metrics: ServingMetrics, exc: Exception, version: ModelVersion | None) -> None:
+    metrics.model_load_failed(exc)
+    step = "resolving the champion alias" if version is None else f"loading champion version {version.version}"
+    failure = f"{step} failed: {type(exc).__name__}: {exc}"
+    serving = "nothing" if holder.current is None else f"version {holder.current.version}"
+    logger.warning("%s; still serving %s, retrying at the next poll", failure, serving)
+    logger.debug("champion load failure", exc_info=exc)
+    if holder.current is None:
+        # Our errors' messages say what failed; anyone else's needs its type and the step it came from.
+        holder.problem = str(exc) if isinstance(exc, ChurnError) else failure
+
+
 async def poll_champion(
-    holder: ChampionHolder, loader: ChampionLoader, interval_s: float, on_swap: Callable[[Champion], None]
+    holder: ChampionHolder,
+    loader: ChampionLoader,
+    metrics: ServingMetrics,
+    interval_s: float,
+    on_swap: Callable[[Champion], None],
 ) -> None:
+    """Refresh every ``interval_s`` until cancelled; no failure of one poll ends the loop."""
     while True:
         await asyncio.sleep(interval_s)
-        if await refresh_champion(holder, loader) and holder.current is not None:
-            on_swap(holder.current)
+        try:
+            if await refresh_champion(holder, loader, metrics) and holder.current is not None:
+                on_swap(holder.current)
+        # Whatever escapes (the swap callback's failure included) must not end the task: no later promotion or
+        # rollback would ever be applied, and nothing would say so.
+        except Exception:
+            logger.exception("champion poll failed; polling again in %s s", interval_s)
