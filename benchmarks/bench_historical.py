@@ -16,7 +16,7 @@ own subprocess so peak RSS is the job's own:
   newest (``event_timestamp``, ``created``) among the snapshots with both ``<= t`` and ``event_timestamp >= t - ttl``;
 * feast: ``store.get_historical_features(entity_df, features=<FeatureService>).to_arrow()`` (with
   ``filter_by_created_timestamp=True`` under ``--filter-created``);
-* fast: the same call with ``churn_common.feast_offline.FastDuckDBOfflineStore`` as the offline store.
+* fast: the same call with ``churn_common.feast_plugins.offline_store.FastDuckDBOfflineStore`` as the offline store.
 
 All print a checksum (non-null count and sum per feature) that must agree. Wall time, peak RSS and the ratio are
 printed; a run whose RSS passes ``--max-rss-gib`` (default 12) is killed and reported, as the machine is
@@ -231,8 +231,8 @@ def feast(data_dir: Path, n_users: int, n_days: int, n_times: int, filter_create
 
 
 def fast(data_dir: Path, n_users: int, n_days: int, n_times: int, filter_created: bool) -> None:
-    """Feast's API, served by churn_common.feast_offline.FastDuckDBOfflineStore."""
-    from churn_common.feast_offline import FastDuckDBOfflineStoreConfig
+    """Feast's API, served by churn_common.feast_plugins.offline_store.FastDuckDBOfflineStore."""
+    from churn_common.feast_plugins.offline_store import FastDuckDBOfflineStoreConfig
 
     _timed_join(data_dir, n_users, n_days, n_times, filter_created, FastDuckDBOfflineStoreConfig())
 

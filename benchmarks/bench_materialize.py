@@ -9,7 +9,7 @@ peak RSS is the job's own), each against its own Feast project in Redis db 12 (k
 
 * ``default``: Feast's local engine (pinned: the redis profile enables ours), ``pull_latest_features: true``,
   ``online_write_batch_size: 10000``;
-* ``fast``: the same profile with ``batch_engine: {type: churn_common.feast_engine.RedisBatchEngine}``;
+* ``fast``: the same profile with ``batch_engine: {type: churn_common.feast_plugins.engine.RedisBatchEngine}``;
 * ``raw`` (the reference): the exact key/field/value bytes precomputed in batches of 10,000 users, timing only the
   redis-py ``HSET`` pipeline (transaction=False) that writes them;
 * ``resp`` (the server's floor): the same HSET commands packed to RESP bytes before the clock starts (all batches,
@@ -42,7 +42,7 @@ import typer
 from feast import FeatureStore
 
 from benchmarks.bench_historical import write_snapshots
-from churn_common.feast_engine import _HashLayout
+from churn_common.feast_plugins.engine import _HashLayout
 from churn_common.names import TIMESTAMP_FIELD
 from churn_common.settings import PROJECT_ROOT, Settings
 from churn_common.store import apply_repo, repo_config
@@ -52,7 +52,7 @@ BATCH_ROWS = 10_000
 DAYS = [date(2026, 3, 1), date(2026, 3, 2)]
 START = datetime(2026, 3, 1, tzinfo=UTC)
 END = datetime(2026, 3, 3, 3, tzinfo=UTC)  # both snapshot days (event time = end of day) and their created time
-ENGINE = {"type": "churn_common.feast_engine.RedisBatchEngine"}
+ENGINE = {"type": "churn_common.feast_plugins.engine.RedisBatchEngine"}
 BENCH_ROOT = PROJECT_ROOT / "data" / "bench"
 
 app = typer.Typer(add_completion=False)

@@ -5,11 +5,15 @@ JOIN_KEY = "user_id"
 
 # The FeatureService is the only contract between training and serving. Bump the suffix (and add a new service
 # beside the old one) when the feature set changes, so old model versions keep resolving their own features.
-FEATURE_SERVICE = "churn_model_v1"
+# v1 read the account attributes from the daily snapshots; v2 reads them, with their history, from user_account.
+FEATURE_SERVICE = "churn_model_v2"
 
 SNAPSHOT_TABLE = "user_daily_snapshots"
+ACCOUNT_TABLE = "user_account"
 TIMESTAMP_FIELD = "event_timestamp"
 CREATED_TIMESTAMP_FIELD = "created"
+VALID_FROM_FIELD = "valid_from"
+ACCOUNT_STATUS = "account_status"
 
 REGISTERED_MODEL = "churn"
 CHAMPION_ALIAS = "champion"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from feast import FeatureService, FeatureStore
+from feast import FeatureService, FeatureStore, Project
 from feast.errors import FeatureServiceNotFoundException
 from feast.repo_config import RepoConfig
 from feast.repo_contents import RepoContents
@@ -58,14 +58,29 @@ def _expand(text: str, values: Mapping[str, str], source: Path) -> str:
     return _ENV_REFERENCE.sub(substitute, text)
 
 
+def _in_data_dir(settings: Settings, path: str) -> str:
+    """A YAML path (relative to the feature repo, under its ``../data``) as this run must spell it.
+
+    Feast records each SQLite table with the path it was created at (repo path joined to the YAML's), and a later
+    ``feast apply`` that spells the same file differently drops the tables and creates them again: the online store
+    emptied by an apply that changed nothing. With the default data directory the YAML's own spelling is kept, so
+    ``churn`` and plain ``feast`` commands run from the repo spell it alike; another data directory gets the
+    absolute path of the same file under it."""
+    default_root = (settings.feature_repo / "../data").resolve()
+    target = (settings.feature_repo / path).resolve()
+    if settings.paths.root == default_root or not target.is_relative_to(default_root):
+        return path
+    return str(settings.paths.root / target.relative_to(default_root))
+
+
 def _apply_overrides(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
     raw["project"] = settings.feast_project
     raw.setdefault("materialization", {})["online_write_batch_size"] = settings.online_write_batch_size
     registry = raw["registry"]
     if registry.get("registry_type", "file") == "file":
-        registry["path"] = str(settings.paths.feast / "registry.db")
+        registry["path"] = _in_data_dir(settings, registry["path"])
     if raw["online_store"].get("type") == "sqlite":
-        raw["online_store"]["path"] = str(settings.paths.feast / "online.db")
+        raw["online_store"]["path"] = _in_data_dir(settings, raw["online_store"]["path"])
     return raw
 
 
@@ -77,14 +92,14 @@ def repo_config(settings: Settings) -> RepoConfig:
         raise ConfigurationError(f"cannot read Feast profile {source}: {exc}") from exc
     raw = _apply_overrides(yaml.safe_load(_expand(text, _expansion_values(settings), source)), settings)
     config = RepoConfig(**raw)
-    config.repo_path = settings.feature_repo
+    config.repo_path = settings.feature_repo.resolve()
     return config
 
 
 def feature_store(settings: Settings) -> FeatureStore:
     config = repo_config(settings)
     if config.registry.registry_type == "file":
-        settings.paths.feast.mkdir(parents=True, exist_ok=True)
+        (settings.feature_repo / config.registry.path).parent.mkdir(parents=True, exist_ok=True)
     return FeatureStore(repo_path=str(settings.feature_repo), config=config)
 
 
@@ -121,15 +136,24 @@ def _definitions_importable(settings: Settings) -> Iterator[None]:
             os.environ["CHURN_DATA_DIR"] = saved_env
 
 
-def load_definitions(settings: Settings) -> RepoContents:
+def load_definitions(settings: Settings, project: Project | None = None) -> RepoContents:
+    """The repo's objects as ``feast apply`` sees them: without a Project object in the repo, the CLI adds the
+    YAML's project to the contents, or the plan would delete the registered one ("Deleted project")."""
     with _definitions_importable(settings):
-        return parse_repo(settings.feature_repo)
+        contents = parse_repo(settings.feature_repo)
+    if project is not None and not contents.projects:
+        contents.projects.append(project)
+    return contents
+
+
+def _project(store: FeatureStore) -> Project:
+    return Project(name=store.project, description=store.config.project_description or "")
 
 
 def apply_repo(settings: Settings) -> FeatureStore:
     """``feast apply`` for this project: registers, updates and deletes objects to match the repo."""
     store = feature_store(settings)
-    contents = load_definitions(settings)
+    contents = load_definitions(settings, _project(store))
     apply_total_with_repo_instance(store, store.project, store.registry, contents, skip_source_validation=False)
     logger.info(
         "applied %d feature views and %d feature services to project %s",

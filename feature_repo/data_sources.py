@@ -1,17 +1,30 @@
 from feast import FileSource
 from feast.data_format import ParquetFormat
 
-from churn_common.names import CREATED_TIMESTAMP_FIELD, SNAPSHOT_TABLE, TIMESTAMP_FIELD
+from churn_common.names import ACCOUNT_TABLE, CREATED_TIMESTAMP_FIELD, SNAPSHOT_TABLE, TIMESTAMP_FIELD, VALID_FROM_FIELD
 from churn_common.settings import Settings
 
 # DuckDB resolves a relative FileSource path against the *working directory*, not the repo, so the registered
 # path is always absolute: Settings().paths follows $CHURN_DATA_DIR, default <project>/data.
+_features = Settings().paths.features
+
 user_daily_snapshots = FileSource(
     name=SNAPSHOT_TABLE,
-    path=str(Settings().paths.snapshots / "*" / "*.parquet"),
+    path=str(_features / SNAPSHOT_TABLE / "*" / "*.parquet"),
     file_format=ParquetFormat(),
     timestamp_field=TIMESTAMP_FIELD,
+    # A day's snapshot is versioned: a version per day of late arrivals, `created` at the end of that day.
     created_timestamp_column=CREATED_TIMESTAMP_FIELD,
-    description="One row per customer per day: rolling engagement windows as of the end of that day.",
+    description="One row per customer, day and version: rolling engagement windows as of the end of that day.",
+    owner="ml-platform@example.com",
+)
+
+user_account = FileSource(
+    name=ACCOUNT_TABLE,
+    path=str(_features / ACCOUNT_TABLE / "*.parquet"),
+    file_format=ParquetFormat(),
+    timestamp_field=VALID_FROM_FIELD,
+    created_timestamp_column=CREATED_TIMESTAMP_FIELD,
+    description="The account's attributes and status, one row per change, valid from `valid_from` on.",
     owner="ml-platform@example.com",
 )

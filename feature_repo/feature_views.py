@@ -1,6 +1,6 @@
 from datetime import timedelta
 
-from data_sources import user_daily_snapshots
+from data_sources import user_account, user_daily_snapshots
 from entities import user
 from feast import FeatureView, Field
 from feast.types import Float64, Int64, PrimitiveFeastType, String
@@ -60,13 +60,33 @@ user_status_daily = FeatureView(
         Field(name="tenure_days", dtype=Int64, description="days since signup"),
         Field(name="active_days_trend_7d", dtype=Int64, description="active days: last 7 minus the 7 before"),
         Field(name="watch_minutes_trend_7d", dtype=Float64, description="watch minutes: last 7 minus 7 before"),
-        Field(name="plan", dtype=String, description="free or paid"),
-        Field(name="country", dtype=String, description="country of the account"),
-        Field(name="acquisition_channel", dtype=String, description="how the user was acquired"),
     ],
     source=user_daily_snapshots,
     online=True,
-    description="Recency, tenure, short-term trends and account attributes at the snapshot time.",
+    description="Recency, tenure and short-term trends at the snapshot time.",
     owner=OWNER,
     tags={"grain": "user-day", "window": "point", "team": "retention"},
+)
+
+# No ttl: an attribute holds until the account changes. Its history keeps past values where they were, so a change
+# is never rewritten into earlier training rows.
+user_account = FeatureView(
+    name="user_account",
+    entities=[user],
+    schema=[
+        Field(name="plan", dtype=String, description="free or paid"),
+        Field(name="country", dtype=String, description="country of the account"),
+        Field(name="acquisition_channel", dtype=String, description="how the user was acquired"),
+        Field(
+            name="account_status",
+            dtype=String,
+            description="open or closed; decides who is scored (churn_common.population), not a model input",
+            tags={"role": "population"},
+        ),
+    ],
+    source=user_account,
+    online=True,
+    description="Account attributes and status, valid from each change on.",
+    owner=OWNER,
+    tags={"grain": "user-change", "window": "point", "team": "retention"},
 )

@@ -31,17 +31,15 @@ def plan_command() -> None:
 
 
 def materialize_command(
-    end: Annotated[datetime | None, typer.Option(help="Load snapshots up to this instant (UTC). Default: now.")] = None,
-    seed_start: Annotated[
-        datetime | None,
-        typer.Option(help="First run only: start of the seeding window. Default: the oldest snapshot."),
+    end: Annotated[
+        datetime | None, typer.Option(help="Load rows up to this instant (UTC). Default: now (CHURN_NOW if set).")
     ] = None,
 ) -> None:
-    """Load the newest feature snapshots into the online store; seeds the first run, then runs incrementally."""
+    """Bring the online store up to the newest feature build (refilling it when it lost its data), then check it."""
     from jobs.materialize import export_metrics, materialize
 
     settings = Settings()
-    report = materialize(settings, end=_utc(end), seed_start=_utc(seed_start))
+    report = materialize(settings, end=_utc(end))
     export_metrics(report, settings.paths.metrics / "materialize.prom", settings.pushgateway_url)
     typer.echo(json.dumps(report.as_dict(), indent=2))
 

@@ -29,8 +29,8 @@ def build(
 ) -> None:
     """Build the daily per-user snapshots of rolling-window features (all days with events by default)."""
     summary = build_features(Settings(), _day(start), _day(end))
-    typer.echo(f"rebuilt days {summary.first_day} .. {summary.last_day}")
+    typer.echo(f"build {summary.seq}: rebuilt days {summary.first_day} .. {summary.last_day}")
+    typer.echo(f"  {summary.rows:,} snapshot rows written ({summary.later_versions:,} later versions)")
     typer.echo(f"snapshots: {summary.snapshots}")
-    typer.echo(f"  {summary.rows:,} rows, {summary.users:,} users, {summary.columns} columns")
-    typer.echo(f"  days {summary.data_first_day} .. {summary.data_last_day}")
-    typer.echo(f"user_daily: {summary.user_daily}")
+    typer.echo(f"  {summary.users:,} users, {summary.columns} columns, days {summary.data_first_day} .. {summary.data_last_day}")
+    typer.echo(f"accounts: {summary.accounts:,} history rows")

@@ -50,17 +50,35 @@ def write_raw(paths, users: pd.DataFrame, events: pd.DataFrame) -> None:
     events.to_parquet(paths.raw_events / "part-00000.parquet", index=False)
 
 
-def write_validated(paths, users: pd.DataFrame | None, events: pd.DataFrame, *, part: str = "part-0") -> None:
-    """Write validated users (when given) and events as the gate does: ``events/date=YYYY-MM-DD/<part>.parquet``
-    per UTC day of ``event_timestamp``, microsecond UTC timestamps."""
+def account_history(users: pd.DataFrame) -> pd.DataFrame:
+    """The account history the gate writes for users seen for the first time: open from signup, closed from
+    closed_at."""
+    attributes = ["plan", "country", "acquisition_channel"]
+    opened = users.assign(valid_from=users["signup_at"], account_status="open")
+    closed = users[users["closed_at"].notna()].assign(valid_from=lambda u: u["closed_at"], account_status="closed")
+    history = pd.concat([opened, closed], ignore_index=True)
+    history["created"] = history["valid_from"]
+    history = history[["user_id", "valid_from", "created", *attributes, "account_status"]]
+    return history.astype({name: "string" for name in [*attributes, "account_status"]})
+
+
+def write_validated(paths, users: pd.DataFrame | None, events: pd.DataFrame, *, batch: str = "b0") -> None:
+    """Write validated users (when given, with their account history) and events as the gate does:
+    ``events/date=YYYY-MM-DD/batch=<batch>.parquet`` per UTC day of ``event_timestamp``, microsecond UTC
+    timestamps."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from transformations.snapshot_schema import ACCOUNT_SCHEMA
 
     if users is not None:
         paths.users.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pandas(users, preserve_index=False), paths.users)
+        paths.user_history.mkdir(parents=True, exist_ok=True)
+        history = pa.Table.from_pandas(account_history(users), preserve_index=False).cast(ACCOUNT_SCHEMA)
+        pq.write_table(history, paths.user_history / f"batch={batch}.parquet")
     for day, rows in events.groupby(events["event_timestamp"].dt.strftime("%Y-%m-%d")):
         partition = paths.events / f"date={day}"
         partition.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
-        pq.write_table(table, partition / f"{part}.parquet")
+        pq.write_table(table, partition / f"batch={batch}.parquet")

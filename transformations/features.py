@@ -1,55 +1,62 @@
 """Daily per-user snapshots of rolling-window engagement features, computed with DuckDB over the validated
-Parquet tables and driven by an :class:`~transformations.catalog.EventCatalog`.
+Parquet tables and driven by an :class:`~transformations.catalog.EventCatalog`. Versioned by what was known when.
 
-Two outputs, both partitioned ``date=YYYY-MM-DD/part-0.parquet``:
+Outputs, under ``features/``:
 
-* ``user_daily``: one row per user per UTC day *with events*: counts per type, value sum / count per
-  value-carrying type, ``is_active``, ``max_ingested_at``; ``event_timestamp`` is the end of that day.
-* ``user_daily_snapshots``: one row per user per day D on which the user is a customer, i.e. the signup date
-  is <= D and ``closed_at`` is null or >= D+1 00:00 UTC (a user closed at any instant of day D gets no row
-  for D). Inactive days get rows too (zeros, growing recency) so the online store never keeps a stale value.
-  ``event_timestamp`` is D+1 00:00 UTC, the exclusive end of the day the row describes; ``created`` is
-  ``max(event_timestamp, latest ingested_at among the events of the longest window)``, the instant the row's
-  inputs were complete, so rebuilding with a late event moves it later and re-runs are byte-identical.
+* ``user_daily_snapshots/date=YYYY-MM-DD/part-0.parquet``: the rows of day D, one per user who is a customer at
+  the end of D (``signup_at < D+1 00:00 < closed_at``, see churn_common.population), with zeros and growing recency
+  on inactive days so the online store never keeps a stale value. ``event_timestamp`` is D+1 00:00 UTC, the
+  exclusive end of the day the row describes.
+* ``user_account/part-0.parquet``: the account attributes' history (valid-from rows written by the validation gate),
+  gathered into the one table the ``user_account`` feature view reads.
+* ``builds/<seq>.json``: one record per build (what it rewrote), which materialisation follows.
 
-How: the days are processed in spans of ``SPAN_DAYS``. For each span DuckDB reads that span's event
-partitions once and aggregates them into a sparse table of one row per user and day with events (``daily``),
-from which the span's ``user_daily`` partitions are written and which is then read back once, in day order.
-The snapshot days are produced in day order from per-user running window sums held in numpy: day D's
-aggregates are added and, for each window w, day D-w's are subtracted, which is the "cumulative sum
-differenced by day" over a complete user x calendar-day grid without materialising that grid (DuckDB's window
-operator needed ~10 s for 13 running sums over 1.5M rows on the 2-core box, i.e. minutes for a year of 100k
-users). Values are summed as integer micro-units (``round(value * 1e6)``), so every sum is exact and
-independent of where a build starts: an incremental build gives the same bytes as a full one. Each batch of
-day tables is checked with the snapshot schema's rules, vectorised over every row, before it is written
-(pandera itself checks the first day of every build). Parquet files are written on a thread pool, overlapped
-with the next days' computation.
+**Versions.** An event is *known* from the end of the UTC day it arrived (``ingested_at``): its knowledge day is
+``max(event day, arrival day)``. The row of day D as known at the end of day b >= D is computed from the events
+known by then, and stored with ``created`` = b+1 00:00. Every row has its on-time version (b = D: ``created`` equals
+``event_timestamp``); a later version is appended for each later day, up to ``late_data_days`` after D, on which
+events of D's windows arrived. So ``get_historical_features(..., filter_by_created_timestamp=True)`` at any day
+boundary T returns exactly what a build from the events that had arrived by T would give (late data included), and
+the online store, which gets each user's newest version of the newest day, holds the same vector. Re-running a build
+gives identical bytes, and an incremental build equals a full one.
+
+How: knowledge days are processed in order in spans of ``SPAN_DAYS``. For each span DuckDB aggregates the events
+known on those days into a sparse table of one row per (user, event day, knowledge day). The on-time versions come
+from per-user running window sums held in numpy: the aggregates known on day D are added, and for each window w the
+known aggregates whose event day has left the window are subtracted, which is the "cumulative sum differenced by day"
+over a complete user x calendar-day grid without materialising that grid. Later versions add, to a row's on-time
+sums, the late aggregates that arrived by each later day. Values are summed as integer micro-units
+(``round(value * 1e6)``), so every sum is exact and independent of where a build starts. Each batch of day tables is
+checked with the snapshot schema's rules, vectorised over every row, before it is written (pandera itself checks the
+first day of every build). Parquet files are written on a thread pool, overlapped with the next days' computation.
 Events of user ids missing from the users table are ignored (the validation gate quarantines them).
 """
 
+import json
 import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import date, timedelta
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandera.pandas import DataFrameSchema
 
 from churn_common.errors import DataError, SchemaError
-from churn_common.names import CREATED_TIMESTAMP_FIELD, JOIN_KEY, TIMESTAMP_FIELD
+from churn_common.names import ACCOUNT_TABLE, CREATED_TIMESTAMP_FIELD, JOIN_KEY, SNAPSHOT_TABLE, TIMESTAMP_FIELD
 from churn_common.settings import DataPaths, Settings
 from transformations.catalog import DEFAULT_CATALOG, EventCatalog
 from transformations.snapshot_schema import (
+    ACCOUNT_SCHEMA,
     RECENCY,
     TENURE,
-    USER_ATTRIBUTES,
     check_arrow,
     snapshot_columns,
     snapshot_schema,
@@ -61,19 +68,20 @@ from transformations.snapshot_schema import (
 logger = logging.getLogger(__name__)
 
 SumOf = Callable[[str], np.ndarray]
-"""Maps an internal metric column to its per-user sum over one frame."""
+"""Maps an internal metric column to its per-row sum over one frame."""
 StemValue = Callable[[SumOf], np.ndarray]
 
 EPOCH = date(1970, 1, 1)
 VALUE_SCALE = 1_000_000
 DAY_US = 86_400 * 1_000_000
-NEVER = np.iinfo(np.int64).min
+NEVER = -1
+"""``last_active`` of a user with no activity known yet (day numbers of real data are positive)."""
 TS_US_UTC = pa.timestamp("us", tz="UTC")
 PART_FILE = "part-0.parquet"
 TREND_DAYS = 7
 # Snapshot rows checked at once (fewer, larger pyarrow.compute calls) and handed to the writer together.
 CHUNK_ROWS = 500_000
-# Days aggregated by one DuckDB query: bounds its memory, whatever the number of days built.
+# Knowledge days aggregated by one DuckDB query: bounds its memory, whatever the number of days built.
 SPAN_DAYS = 30
 DUCKDB_MEMORY_LIMIT = "1GB"
 
@@ -82,15 +90,36 @@ DUCKDB_MEMORY_LIMIT = "1GB"
 class BuildSummary:
     """The days this build rewrote, and what the snapshot files on disk hold now (all days)."""
 
+    seq: int
     snapshots: Path
-    user_daily: Path
     first_day: date
     last_day: date
     rows: int
+    later_versions: int
+    """Of ``rows``: versions appended for late arrivals (the rest are on-time versions)."""
     users: int
     columns: int
     data_first_day: date
     data_last_day: date
+    accounts: int
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """What one build rewrote, as materialisation reads it back (``features/builds/<seq>.json``)."""
+
+    seq: int
+    built_at: str
+    first_day: str
+    last_day: str
+    changed_from: dict[str, str | None]
+    """Per source: the earliest event time among the rows this build added or changed (None: none changed)."""
+
+    def changed_since(self, source: str) -> datetime | None:
+        if source not in self.changed_from:
+            raise DataError(f"build {self.seq} does not record source {source!r}: rebuild with `churn features build`")
+        moment = self.changed_from[source]
+        return datetime.fromisoformat(moment) if moment else None
 
 
 @dataclass(frozen=True)
@@ -98,8 +127,10 @@ class _Plan:
     first_day: date
     """First snapshot day rebuilt (``--start`` minus the late-data days)."""
     last_day: date
+    """Last snapshot day rebuilt; also the last knowledge day the build reads."""
     history_start: date
-    """First event day read: the longest look-back before ``first_day``."""
+    """First knowledge day read: the longest look-back before ``first_day``."""
+    late_days: int
 
 
 # --------------------------------------------------------------------------------------------- SQL pieces
@@ -123,13 +154,18 @@ def _metrics(catalog: EventCatalog) -> list[str]:
     return metrics
 
 
-# The UTC day number of an instant. Casting the TIMESTAMPTZ to DATE gives the same number but goes through the
-# time-zone library for every row (~2 s per 3.5M events); reading its microseconds as a naive timestamp does not.
-_DAY_NUMBER = "make_timestamp(epoch_us(event_timestamp))::DATE - DATE '1970-01-01'"
+def _day_number(column: str) -> str:
+    """The UTC day number of an instant. Casting the TIMESTAMPTZ to DATE gives the same number but goes through the
+    time-zone library for every row (~2 s per 3.5M events); reading its microseconds as a naive timestamp does not."""
+    return f"(make_timestamp(epoch_us({column}))::DATE - DATE '1970-01-01')::INTEGER"
 
 
-def _daily_sql(catalog: EventCatalog) -> str:
-    """Per user and day: one GROUP BY over the events of the span, pivoting the event types with FILTERs."""
+def _aggregates_sql(catalog: EventCatalog, where: str = "TRUE") -> str:
+    """Per user, event day ``dn`` and knowledge day ``kn``: one GROUP BY pivoting the event types with FILTERs, over
+    the events known on knowledge days [$first, $last]. ``act`` marks the aggregate that made ``dn`` an active day
+    (the first one with an activity event), so a day counts once however many times its events arrive. Late events
+    are at most $late days late (the gate quarantines later ones), which bounds the event partitions read: every
+    event of the days whose aggregates are returned is read."""
     codes = " ".join(f"WHEN {_literal(t.name)} THEN {i}" for i, t in enumerate(catalog.event_types))
     activity = ", ".join(str(catalog.names.index(name)) for name in catalog.activity_types)
     pivoted = []
@@ -138,46 +174,42 @@ def _daily_sql(catalog: EventCatalog) -> str:
         if event_type.has_value:
             pivoted.append(f"coalesce(sum(micro) FILTER (WHERE code = {i}), 0)::BIGINT AS v{i}")
             pivoted.append(f"count(micro) FILTER (WHERE code = {i}) AS n{i}")
+    names = [f"c{i}" if not t.has_value else f"c{i}, v{i}, n{i}" for i, t in enumerate(catalog.event_types)]
     # The type name is compared once per event (CASE), the pivot FILTERs compare small integers.
     return f"""
-        CREATE OR REPLACE TEMP TABLE daily AS
         WITH coded AS (
-            SELECT user_id, {_DAY_NUMBER} AS dn, CASE event_type {codes} END AS code,
-                   round(value * {VALUE_SCALE}) AS micro, ingested_at
+            SELECT user_id, {_day_number("event_timestamp")} AS dn,
+                   greatest({_day_number("event_timestamp")}, {_day_number("ingested_at")}) AS kn,
+                   CASE event_type {codes} END AS code, round(value * {VALUE_SCALE}) AS micro
             FROM read_parquet($events, hive_partitioning = true)
-            WHERE date BETWEEN $first - 1 AND $last + 1
-              AND event_timestamp >= $first::TIMESTAMPTZ AND event_timestamp < ($last + 1)::TIMESTAMPTZ
+            WHERE date BETWEEN DATE '1970-01-01' + ($first - $late - 1)::INTEGER
+                           AND DATE '1970-01-01' + ($last + 1)::INTEGER
               AND event_type IN ({", ".join(_literal(name) for name in catalog.names)})
+        ),
+        grouped AS (
+            SELECT kn, user_id, dn, bool_or(code IN ({activity})) AS has_activity, {", ".join(pivoted)}
+            FROM coded GROUP BY kn, user_id, dn
         )
-        SELECT user_id, dn, bool_or(code IN ({activity})) AS is_active,
-               CAST(bool_or(code IN ({activity})) AS BIGINT) AS act, {", ".join(pivoted)},
-               max(ingested_at) AS max_ingested_at, epoch_us(max(ingested_at)) AS ingested_us
-        FROM coded GROUP BY user_id, dn
+        SELECT kn, user_id, dn,
+               CAST(has_activity AND kn = min(kn) FILTER (WHERE has_activity) OVER (PARTITION BY user_id, dn)
+                    AS BIGINT) AS act,
+               {", ".join(names)}
+        FROM grouped WHERE kn BETWEEN $first AND $last AND ({where})
+        ORDER BY kn, user_id, dn
     """
 
 
 def _prior_activity_sql(catalog: EventCatalog) -> str:
-    """Last activity day per user before the history read for the windows (recency looks back forever)."""
+    """Last activity day per user among the events known before the history the windows read (recency looks back
+    forever)."""
     activity = ", ".join(_literal(name) for name in catalog.activity_types)
+    day, known = _day_number("event_timestamp"), _day_number("ingested_at")
     return f"""
-        SELECT user_id, max({_DAY_NUMBER}) AS last_active_dn
+        SELECT user_id, max({day}) AS last_active_dn
         FROM read_parquet($events, hive_partitioning = true)
-        WHERE date <= $before AND event_timestamp < $before::TIMESTAMPTZ AND event_type IN ({activity})
+        WHERE date < DATE '1970-01-01' + ($before + 1)::INTEGER AND event_type IN ({activity})
+          AND greatest({day}, {known}) < $before
         GROUP BY ALL
-    """
-
-
-def _user_daily_sql(catalog: EventCatalog) -> str:
-    columns = [JOIN_KEY, f"to_timestamp((dn + 1) * 86400) AS {TIMESTAMP_FIELD}"]
-    for i, event_type in enumerate(catalog.event_types):
-        columns.append(f"c{i} AS {_ident(event_type.name + '_count')}")
-        if event_type.has_value:
-            columns.append(f"v{i} / {VALUE_SCALE} AS {_ident(event_type.name + '_value_sum')}")
-            columns.append(f"n{i} AS {_ident(event_type.name + '_value_count')}")
-    columns += ["is_active", "max_ingested_at"]
-    return f"""
-        SELECT dn, {", ".join(columns)} FROM daily
-        WHERE dn BETWEEN $first AND $last ORDER BY dn, user_id
     """
 
 
@@ -200,49 +232,55 @@ class _Users:
     ids: np.ndarray
     signup_dn: np.ndarray
     last_dn: np.ndarray
-    """Last day the user is a customer on (closing date - 1), int64 max when open."""
-    attributes: pa.Table
+    """Last day whose end the user is a customer at, int64 max while open."""
+
+    def customers(self, dn: int) -> np.ndarray:
+        return np.flatnonzero((self.signup_dn <= dn) & (self.last_dn >= dn))
 
 
 @dataclass
-class _Day:
-    """The sparse daily aggregates of one day: user positions, (metric, row) matrix, late-ingest rows."""
+class _Known:
+    """Aggregates becoming known together: user positions, event day numbers, (metric, row) matrix."""
 
     index: np.ndarray
+    day: np.ndarray
     metrics: np.ndarray
-    late_index: np.ndarray
-    late_ingested: np.ndarray
+
+    def take(self, rows: np.ndarray) -> "_Known":
+        return _Known(self.index[rows], self.day[rows], self.metrics[:, rows])
 
 
 class _RollingState:
-    """Per-user window sums over the days fed so far: integer arithmetic over calendar days, exact whatever the
-    day a build starts. The sum over a frame is the running total of every day fed minus the running total of
-    the days that have left that frame, so a new day is added once, not once per frame."""
+    """Per-user window sums over the aggregates known so far: integer arithmetic over calendar days, exact whatever
+    the day a build starts. The sum over a frame at day D is the running total of every aggregate known by D minus
+    the running total of the known ones whose event day has left that frame, so an aggregate is added once, not once
+    per frame. ``ring`` keeps the known aggregates by event day until every frame has let them go."""
 
     def __init__(self, catalog: EventCatalog, users: _Users, prior_active: np.ndarray) -> None:
         self.frames = _frames(catalog)
         self.metrics = _metrics(catalog)
-        # (metric, user): a day's update scatters into, and its read gathers from, one contiguous row per
-        # metric, so every output column comes out contiguous (Arrow wraps it without a copy).
+        # (metric, user): an update scatters into, and a read gathers from, one contiguous row per metric, so every
+        # output column comes out contiguous (Arrow wraps it without a copy).
         self.total = np.zeros((len(self.metrics), users.ids.size), dtype=np.int64)
         self.left = np.zeros((len(self.frames), len(self.metrics), users.ids.size), dtype=np.int64)
         self.last_active = prior_active
-        self.ring: dict[int, _Day] = {}
-        self.late_days: set[int] = set()
+        self.ring: dict[int, list[_Known]] = {}
 
-    def add(self, dn: int, day: _Day) -> None:
-        _scatter_add(self.total, day.index, day.metrics)
+    def add(self, dn: int, known: _Known) -> None:
+        """The aggregates that became known on day ``dn`` (their event days are ``dn`` or earlier)."""
+        _scatter_add(self.total, known.index, known.metrics)
+        for day in np.unique(known.day[known.day > dn - self.frames[-1]]):
+            self.ring.setdefault(int(day), []).append(known.take(np.flatnonzero(known.day == day)))
         for left, frame in zip(self.left, self.frames, strict=True):
-            leaving = self.ring.get(dn - frame)
-            if leaving is not None:
+            for leaving in self.ring.get(dn - frame, ()):
                 _scatter_add(left, leaving.index, leaving.metrics)
-        active = day.index[day.metrics[0] > 0]
-        self.last_active[active] = dn
-        self.ring[dn] = day
-        if day.late_index.size:
-            self.late_days.add(dn)
+            # Known only now, and already out of this frame: counted in the total and gone at once.
+            gone = np.flatnonzero(known.day < dn - frame)
+            if gone.size:
+                _scatter_add(left, known.index[gone], known.metrics[:, gone])
+        active = known.metrics[0] > 0
+        np.maximum.at(self.last_active, known.index[active], known.day[active])
         self.ring.pop(dn - self.frames[-1], None)
-        self.late_days.discard(dn - self.frames[-1])
 
     def sums_of(self, rows: np.ndarray) -> Callable[[int], SumOf]:
         """For the users at ``rows``: frame -> (metric -> its sum over that frame)."""
@@ -252,27 +290,64 @@ class _RollingState:
         }
         return lambda frame: lambda metric: blocks[frame][self.metrics.index(metric)]
 
-    def created_us(self, dn: int, end_us: int, window: int, users: int, rows: np.ndarray) -> np.ndarray:
-        """max(end of day, latest ingest among the events of the longest window), per output row."""
-        created = np.full(rows.size, end_us, dtype=np.int64)
-        late_days = [d for d in self.late_days if dn - window < d <= dn]
-        if not late_days:
-            return created
-        position = np.full(users, -1, dtype=np.int64)
-        position[rows] = np.arange(rows.size)
-        for day_number in late_days:
-            day = self.ring[day_number]
-            later = day.late_ingested > end_us
-            hit = position[day.late_index[later]]
-            keep = hit >= 0
-            np.maximum.at(created, hit[keep], day.late_ingested[later][keep])
-        return created
-
 
 def _scatter_add(sums: np.ndarray, index: np.ndarray, metrics: np.ndarray) -> None:
-    """``sums[:, index] += metrics``, row by row: numpy's fancy indexing on the last axis takes twice as long."""
+    """``sums[:, index] += metrics`` for ``index`` in ascending order, repeated positions adding up. Row by row, and
+    with plain fancy indexing for the first row of each position (``np.add.at`` is ~10x slower; only late arrivals
+    repeat a user)."""
+    if index.size == 0:
+        return
+    repeat = np.r_[False, index[1:] == index[:-1]]
+    first = ~repeat
     for row, values in zip(sums, metrics, strict=True):
-        row[index] += values
+        row[index[first]] += values[first]
+        if repeat.any():
+            np.add.at(row, index[repeat], values[repeat])
+
+
+# ------------------------------------------------------------------------------------------- late versions
+
+
+@dataclass
+class _Versions:
+    """The later versions of one day's rows: user positions, knowledge day, and the sums and recency each adds."""
+
+    index: np.ndarray
+    known_day: np.ndarray
+    extra: dict[int, np.ndarray]
+    """frame -> (metric, version) sums of the late aggregates each version adds to the on-time row."""
+    last_active: np.ndarray
+
+
+def _late_versions(late: _Known, known_day: np.ndarray, dn: int, frames: list[int]) -> _Versions:
+    """Versions of day ``dn``'s rows from the aggregates of event day <= dn that became known after ``dn``
+    (``late`` holds them, ``known_day`` their knowledge days): one per user and knowledge day, each holding every
+    late aggregate of that user known by then."""
+    order = np.lexsort((known_day, late.index))
+    late, known_day = late.take(order), known_day[order]
+    user_start = np.r_[True, np.diff(late.index) != 0]
+    # A version closes every run of equal (user, knowledge day); its sums run from the start of the user's rows.
+    ends = np.flatnonzero(np.r_[(np.diff(late.index) != 0) | (np.diff(known_day) != 0), True])
+    starts = np.maximum.accumulate(np.where(user_start, np.arange(late.index.size), 0))[ends]
+    extra = {}
+    for frame in frames:
+        inside = np.where(late.day > dn - frame, late.metrics, 0)
+        prefix = np.concatenate([np.zeros((inside.shape[0], 1), dtype=np.int64), np.cumsum(inside, axis=1)], axis=1)
+        extra[frame] = prefix[:, ends + 1] - prefix[:, starts]
+    active_day = np.where(late.metrics[0] > 0, late.day, NEVER)
+    last_active = _running_max_by_user(active_day, user_start)[ends]
+    return _Versions(late.index[ends], known_day[ends], extra, last_active)
+
+
+def _running_max_by_user(values: np.ndarray, user_start: np.ndarray) -> np.ndarray:
+    """The running maximum of ``values`` restarting at each ``user_start``."""
+    group = np.cumsum(user_start)
+    # Offsetting each user's values above every earlier user's lets one accumulate run over all of them.
+    offset = group * (int(values.max(initial=0)) - NEVER + 1)
+    return np.maximum.accumulate(values + offset) - offset
+
+
+# ---------------------------------------------------------------------------------------------- day tables
 
 
 def _stem_values(catalog: EventCatalog) -> dict[str, StemValue]:
@@ -306,26 +381,30 @@ def _column(values: np.ndarray) -> pa.Array:
     return pa.array(values)
 
 
-def _day_table(catalog: EventCatalog, state: _RollingState, users: _Users, dn: int, rows: np.ndarray) -> pa.Table:
-    """The snapshot rows of day ``dn`` for the users at positions ``rows`` (ascending user_id)."""
-    stems, end_us = _stem_values(catalog), (dn + 1) * DAY_US
-    created = state.created_us(dn, end_us, max(catalog.windows), users.ids.size, rows)
+@dataclass(frozen=True)
+class _Rows:
+    """Output rows of one day: user positions, ``created``, window sums and last activity day per row."""
+
+    index: np.ndarray
+    created_us: np.ndarray
+    sum_of: Callable[[int], SumOf]
+    last_active: np.ndarray
+
+
+def _rows_table(catalog: EventCatalog, users: _Users, dn: int, rows: _Rows) -> pa.Table:
+    stems = _stem_values(catalog)
     columns = {
-        JOIN_KEY: pa.array(users.ids[rows]),
-        TIMESTAMP_FIELD: pa.array(np.full(rows.size, end_us), TS_US_UTC),
-        CREATED_TIMESTAMP_FIELD: pa.array(created, TS_US_UTC),
+        JOIN_KEY: pa.array(users.ids[rows.index]),
+        TIMESTAMP_FIELD: pa.array(np.full(rows.index.size, (dn + 1) * DAY_US), TS_US_UTC),
+        CREATED_TIMESTAMP_FIELD: pa.array(rows.created_us, TS_US_UTC),
     }
-    sum_of = state.sums_of(rows)
     for window in catalog.windows:
         for stem in catalog.window_stems():
-            columns[f"{stem}_{window}d"] = _column(stems[stem](sum_of(window)))
-    last_active = state.last_active[rows]
-    signup = users.signup_dn[rows]
-    columns[RECENCY] = pa.array(dn - np.where(last_active == NEVER, signup, last_active))
+            columns[f"{stem}_{window}d"] = _column(stems[stem](rows.sum_of(window)))
+    signup = users.signup_dn[rows.index]
+    columns[RECENCY] = pa.array(dn - np.where(rows.last_active == NEVER, signup, rows.last_active))
     columns[TENURE] = pa.array(dn - signup)
-    columns.update(_trends(catalog, sum_of, stems))
-    attributes = users.attributes.take(pa.array(rows))
-    columns.update({name: attributes.column(name) for name in USER_ATTRIBUTES})
+    columns.update(_trends(catalog, rows.sum_of, stems))
     return pa.table(columns)
 
 
@@ -340,6 +419,51 @@ def _trends(catalog: EventCatalog, sum_of: Callable[[int], SumOf], stems: dict[s
     return columns
 
 
+def _on_time_rows(state: _RollingState, dn: int, customers: np.ndarray) -> _Rows:
+    created = np.full(customers.size, (dn + 1) * DAY_US, dtype=np.int64)
+    return _Rows(customers, created, state.sums_of(customers), state.last_active[customers])
+
+
+def _later_rows(state: _RollingState, dn: int, versions: _Versions) -> _Rows:
+    base = state.sums_of(versions.index)
+    metric = {name: i for i, name in enumerate(state.metrics)}
+
+    def sum_of(frame: int) -> SumOf:
+        return lambda name: base(frame)(name) + versions.extra[frame][metric[name]]
+
+    last_active = np.maximum(state.last_active[versions.index], versions.last_active)
+    return _Rows(versions.index, (versions.known_day + 1) * DAY_US, sum_of, last_active)
+
+
+def _day_table(catalog: EventCatalog, state: _RollingState, users: _Users, dn: int, pending: "_Pending") -> pa.Table:
+    """Day ``dn``'s rows: every customer's on-time version and the later versions, sorted by user then created."""
+    customers = users.customers(dn)
+    on_time = _rows_table(catalog, users, dn, _on_time_rows(state, dn, customers))
+    late, known_day = pending.of_day(dn, customers)
+    if late.index.size == 0:
+        return on_time
+    versions = _late_versions(late, known_day, dn, state.frames)
+    table = pa.concat_tables([on_time, _rows_table(catalog, users, dn, _later_rows(state, dn, versions))])
+    return table.sort_by([(JOIN_KEY, "ascending"), (CREATED_TIMESTAMP_FIELD, "ascending")])
+
+
+class _Pending:
+    """The aggregates that became known after their event day, within the days built: the later versions' input."""
+
+    def __init__(self, late: _Known, known_day: np.ndarray, last_known_day: int, late_days: int) -> None:
+        self.late, self.known_day = late, known_day
+        self.last_known_day, self.late_days = last_known_day, late_days
+
+    def of_day(self, dn: int, customers: np.ndarray) -> tuple[_Known, np.ndarray]:
+        """Late aggregates of day ``dn``'s windows (event day <= dn) known on one of the days after ``dn`` that its
+        versions cover, for the users at ``customers``."""
+        horizon = min(self.last_known_day, dn + self.late_days)
+        chosen = (self.late.day <= dn) & (self.known_day > dn) & (self.known_day <= horizon)
+        chosen &= np.isin(self.late.index, customers, assume_unique=False)
+        rows = np.flatnonzero(chosen)
+        return self.late.take(rows), self.known_day[rows]
+
+
 # ------------------------------------------------------------------------------------------ inputs, plan
 
 _EVENT_TYPES = {
@@ -349,12 +473,7 @@ _EVENT_TYPES = {
     "value": "DOUBLE",
     "ingested_at": "TIMESTAMP WITH TIME ZONE",
 }
-_USER_TYPES = {
-    "user_id": "BIGINT",
-    "signup_at": "TIMESTAMP WITH TIME ZONE",
-    "closed_at": "TIMESTAMP WITH TIME ZONE",
-    **dict.fromkeys(USER_ATTRIBUTES, "VARCHAR"),
-}
+_USER_TYPES = {"user_id": "BIGINT", "signup_at": "TIMESTAMP WITH TIME ZONE", "closed_at": "TIMESTAMP WITH TIME ZONE"}
 
 
 def _events_glob(paths: DataPaths) -> str:
@@ -373,12 +492,15 @@ def _check_columns(con: duckdb.DuckDBPyConnection, source: str, expected: dict[s
 
 
 def _data_days(con: duckdb.DuckDBPyConnection, paths: DataPaths) -> tuple[date, date]:
+    """The first event day and the last knowledge day of the validated events."""
     first, last = con.execute(
-        "SELECT min(event_timestamp)::DATE, max(event_timestamp)::DATE FROM read_parquet($events)",
+        f"""SELECT min(event_timestamp)::DATE,
+                   DATE '1970-01-01' + max(greatest({_day_number("event_timestamp")}, {_day_number("ingested_at")}))
+            FROM read_parquet($events)""",
         {"events": _events_glob(paths)},
     ).fetchone()
     if first is None:
-        raise DataError(f"no validated events under {paths.events}")
+        raise DataError(f"no validated events under {paths.events}; run `churn data validate`")
     return first, last
 
 
@@ -387,7 +509,7 @@ def _plan(first: date, last: date, settings: Settings, start: date | None, end: 
     last_day = last if end is None else end
     if first_day > last_day:
         raise DataError(f"nothing to build: first day {first_day} is after last day {last_day}")
-    return _Plan(first_day, last_day, first_day - timedelta(days=lookback - 1))
+    return _Plan(first_day, last_day, first_day - timedelta(days=lookback - 1), settings.late_data_days)
 
 
 def _connect(spill_dir: Path) -> duckdb.DuckDBPyConnection:
@@ -420,18 +542,6 @@ def _dictionary_columns(schema: pa.Schema) -> list[str]:
     return [column.name for column in schema if column.name != JOIN_KEY and not pa.types.is_floating(column.type)]
 
 
-def _day_files(table: pa.Table, first: date, last: date, root: Path) -> list[tuple[Path, pa.Table | None]]:
-    """One partition per day of ``table`` (sorted by its leading ``dn`` column); None for days left empty."""
-    day_numbers = table.column("dn").to_numpy()
-    body = table.drop_columns(["dn"])
-    files = []
-    for day in _days(first, last):
-        number = (day - EPOCH).days
-        lo, hi = np.searchsorted(day_numbers, [number, number + 1])
-        files.append((_partition(root, number), body.slice(lo, hi - lo) if hi > lo else None))
-    return files
-
-
 def _partition(root: Path, dn: int) -> Path:
     return root / f"date={(EPOCH + timedelta(days=dn)).isoformat()}" / PART_FILE
 
@@ -439,47 +549,6 @@ def _partition(root: Path, dn: int) -> Path:
 def _days(first: date, last: date) -> Iterator[date]:
     for offset in range((last - first).days + 1):
         yield first + timedelta(days=offset)
-
-
-# ------------------------------------------------------------------------------------------------ build
-
-
-def _load_users(con: duckdb.DuckDBPyConnection, paths: DataPaths) -> _Users:
-    table = con.execute(
-        f"""SELECT user_id, CAST(signup_at AS DATE) - DATE '1970-01-01' AS signup_dn,
-                   coalesce(CAST(closed_at AS DATE) - DATE '1970-01-01' - 1, {np.iinfo(np.int64).max}) AS last_dn,
-                   {", ".join(USER_ATTRIBUTES)}
-            FROM read_parquet($users) ORDER BY user_id""",
-        {"users": str(paths.users)},
-    ).to_arrow_table()
-    ids = table.column(JOIN_KEY).to_numpy()
-    if np.any(np.diff(ids) == 0):
-        raise SchemaError(f"{paths.users}: user_id is not unique")
-    numbers = {name: table.column(name).to_numpy() for name in ("signup_dn", "last_dn")}
-    return _Users(ids, numbers["signup_dn"], numbers["last_dn"], table.select(list(USER_ATTRIBUTES)))
-
-
-def _positions(users: _Users, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of ``user_ids`` in the users table, and which of them are known users at all."""
-    position = np.minimum(np.searchsorted(users.ids, user_ids), max(users.ids.size - 1, 0))
-    return position, users.ids[position] == user_ids if users.ids.size else np.zeros(0, dtype=bool)
-
-
-def _prior_active(
-    con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, plan: _Plan, users: _Users
-) -> np.ndarray:
-    bounds = {"events": _events_glob(paths), "before": plan.history_start}
-    prior = con.execute(_prior_activity_sql(catalog), bounds).to_arrow_table()
-    last_active = np.full(users.ids.size, NEVER, dtype=np.int64)
-    position, known = _positions(users, prior.column(0).to_numpy())
-    last_active[position[known]] = prior.column(1).to_numpy()[known]
-    return last_active
-
-
-def _load_span(
-    con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, first: date, last: date
-) -> None:
-    con.execute(_daily_sql(catalog), {"events": _events_glob(paths), "first": first, "last": last})
 
 
 class _Writer:
@@ -505,33 +574,6 @@ class _Writer:
         self.in_flight = []
 
 
-def _write_user_daily(
-    con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, first: date, last: date, writer: _Writer
-) -> None:
-    bounds = {"first": (first - EPOCH).days, "last": (last - EPOCH).days}
-    table = con.execute(_user_daily_sql(catalog), bounds).to_arrow_table()
-    writer.submit(_day_files(table, first, last, paths.user_daily))
-
-
-def _span_days(
-    con: duckdb.DuckDBPyConnection, users: _Users, metrics: list[str], first: date, last: date
-) -> Iterator[tuple[int, _Day]]:
-    """The loaded span's aggregates, read once in day order and cut into days (empty ones included)."""
-    table = con.execute(f"SELECT dn, user_id, ingested_us, {', '.join(metrics)} FROM daily ORDER BY dn, user_id")
-    table = table.to_arrow_table()
-    position, known = _positions(users, table.column("user_id").to_numpy())
-    day_numbers, position = table.column("dn").to_numpy()[known], position[known]
-    ingested = table.column("ingested_us").to_numpy()[known]
-    # (metric, row): one day is a column slice, scattered into the (metric, user) totals as it is.
-    values = np.vstack([table.column(m).to_numpy()[known] for m in metrics]).reshape(len(metrics), -1)
-    first_dn, last_dn = (first - EPOCH).days, (last - EPOCH).days
-    starts = np.searchsorted(day_numbers, np.arange(first_dn, last_dn + 2))
-    for dn, lo, hi in zip(range(first_dn, last_dn + 1), starts[:-1], starts[1:], strict=True):
-        # Events known only after the end of their own day push `created` of the rows that include them.
-        late = ingested[lo:hi] > (dn + 1) * DAY_US
-        yield dn, _Day(position[lo:hi], values[:, lo:hi], position[lo:hi][late], ingested[lo:hi][late])
-
-
 @dataclass
 class _Snapshots:
     """Collects day tables, checks each batch against the snapshot schema and hands it to the writer."""
@@ -541,6 +583,7 @@ class _Snapshots:
     root: Path
     pending: list[tuple[int, pa.Table]] = field(default_factory=list)
     rows: int = 0
+    later_versions: int = 0
 
     def add(self, dn: int, table: pa.Table, last: bool) -> None:
         if self.rows == 0 and not self.pending:
@@ -550,31 +593,111 @@ class _Snapshots:
         self.pending.append((dn, table))
         rows = sum(t.num_rows for _, t in self.pending)
         if last or rows >= CHUNK_ROWS:
-            check_arrow(pa.concat_tables([t for _, t in self.pending]), self.schema)
+            batch = pa.concat_tables([t for _, t in self.pending])
+            check_arrow(batch, self.schema)
+            self.later_versions += batch.num_rows - _on_time_count(batch)
             self.writer.submit([(_partition(self.root, n), t if t.num_rows else None) for n, t in self.pending])
             self.rows += rows
             self.pending = []
 
 
+def _on_time_count(table: pa.Table) -> int:
+    created, event = table[CREATED_TIMESTAMP_FIELD], table[TIMESTAMP_FIELD]
+    return int(pc.sum(pc.equal(created, event).cast(pa.int64())).as_py() or 0)
+
+
+# ------------------------------------------------------------------------------------------------ build
+
+
+def _load_users(con: duckdb.DuckDBPyConnection, paths: DataPaths) -> _Users:
+    # A customer at the end of day D: signup_at < D+1 00:00 < closed_at. The last such D ends strictly before the
+    # closing instant: the day of (closed_at - 1 µs), minus one.
+    table = con.execute(
+        f"""SELECT user_id, CAST(signup_at AS DATE) - DATE '1970-01-01' AS signup_dn,
+                   coalesce({_day_number("closed_at - INTERVAL 1 MICROSECOND")} - 1, {np.iinfo(np.int64).max})
+                       AS last_dn
+            FROM read_parquet($users) ORDER BY user_id""",
+        {"users": str(paths.users)},
+    ).to_arrow_table()
+    ids = table.column(JOIN_KEY).to_numpy()
+    if np.any(np.diff(ids) == 0):
+        raise SchemaError(f"{paths.users}: user_id is not unique")
+    return _Users(ids, table.column("signup_dn").to_numpy(), table.column("last_dn").to_numpy())
+
+
+def _positions(users: _Users, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``user_ids`` in the users table, and which of them are known users at all."""
+    position = np.minimum(np.searchsorted(users.ids, user_ids), max(users.ids.size - 1, 0))
+    return position, users.ids[position] == user_ids if users.ids.size else np.zeros(0, dtype=bool)
+
+
+def _prior_active(
+    con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, plan: _Plan, users: _Users
+) -> np.ndarray:
+    bounds = {"events": _events_glob(paths), "before": (plan.history_start - EPOCH).days}
+    prior = con.execute(_prior_activity_sql(catalog), bounds).to_arrow_table()
+    last_active = np.full(users.ids.size, NEVER, dtype=np.int64)
+    position, known = _positions(users, prior.column(0).to_numpy())
+    last_active[position[known]] = prior.column(1).to_numpy()[known]
+    return last_active
+
+
+def _query_known(
+    con: duckdb.DuckDBPyConnection, sql: str, paths: DataPaths, users: _Users, metrics: list[str], bounds: dict
+) -> tuple[np.ndarray, _Known]:
+    """Run an aggregates query; (knowledge day per row, the rows of known users as ``_Known``)."""
+    table = con.execute(sql, {"events": _events_glob(paths), **bounds}).to_arrow_table()
+    position, known = _positions(users, table.column("user_id").to_numpy())
+    values = np.vstack([table.column(m).to_numpy()[known] for m in metrics]).reshape(len(metrics), -1)
+    rows = _Known(position[known], table.column("dn").to_numpy()[known].astype(np.int64), values)
+    return table.column("kn").to_numpy()[known].astype(np.int64), rows
+
+
+def _span_known(
+    con: duckdb.DuckDBPyConnection,
+    catalog: EventCatalog,
+    paths: DataPaths,
+    users: _Users,
+    span: tuple[date, date],
+    late_days: int,
+) -> Iterator[tuple[int, _Known]]:
+    """The span's aggregates by knowledge day, read once in day order (empty days included)."""
+    metrics = _metrics(catalog)
+    first, last = ((day - EPOCH).days for day in span)
+    bounds = {"first": first, "last": last, "late": late_days}
+    known_day, rows = _query_known(con, _aggregates_sql(catalog), paths, users, metrics, bounds)
+    starts = np.searchsorted(known_day, np.arange(first, last + 2))
+    for dn, lo, hi in zip(range(first, last + 1), starts[:-1], starts[1:], strict=True):
+        yield dn, rows.take(np.arange(lo, hi))
+
+
+def _pending(
+    con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, users: _Users, plan: _Plan
+) -> _Pending:
+    """The late aggregates that later versions of the days built add (known after their event day)."""
+    first, last = (plan.first_day - EPOCH).days, (plan.last_day - EPOCH).days
+    bounds = {"first": first + 1, "last": last, "late": plan.late_days}
+    sql = _aggregates_sql(catalog, where="kn > dn")
+    known_day, rows = _query_known(con, sql, paths, users, _metrics(catalog), bounds)
+    return _Pending(rows, known_day, last, plan.late_days)
+
+
 def _build(
     con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, plan: _Plan, writer: _Writer
-) -> int:
-    """Build span by span: user_daily partitions and snapshot partitions; return the snapshot rows written."""
+) -> _Snapshots:
+    """Build span by span; return what was written."""
     users = _load_users(con, paths)
     state = _RollingState(catalog, users, _prior_active(con, catalog, paths, plan, users))
+    pending = _pending(con, catalog, paths, users, plan)
     snapshots = _Snapshots(snapshot_schema(catalog), writer, paths.snapshots)
     first, last = (plan.first_day - EPOCH).days, (plan.last_day - EPOCH).days
-    for span_first, span_last in _spans(plan.history_start, plan.last_day, SPAN_DAYS):
-        _load_span(con, catalog, paths, span_first, span_last)
-        if span_last >= plan.first_day:
-            _write_user_daily(con, catalog, paths, max(span_first, plan.first_day), span_last, writer)
-        for dn, day in _span_days(con, users, state.metrics, span_first, span_last):
-            state.add(dn, day)
+    for span in _spans(plan.history_start, plan.last_day, SPAN_DAYS):
+        for dn, known in _span_known(con, catalog, paths, users, span, plan.late_days):
+            state.add(dn, known)
             if dn >= first:
-                rows = np.flatnonzero((users.signup_dn <= dn) & (users.last_dn >= dn))
-                snapshots.add(dn, _day_table(catalog, state, users, dn, rows), dn == last)
+                snapshots.add(dn, _day_table(catalog, state, users, dn, pending), dn == last)
     writer.wait()
-    return snapshots.rows
+    return snapshots
 
 
 def _spans(first: date, last: date, days: int) -> Iterator[tuple[date, date]]:
@@ -584,23 +707,113 @@ def _spans(first: date, last: date, days: int) -> Iterator[tuple[date, date]]:
         first = end + timedelta(days=1)
 
 
-def _summarise(con: duckdb.DuckDBPyConnection, paths: DataPaths, plan: _Plan, columns: int) -> BuildSummary:
+# -------------------------------------------------------------------------------------------- accounts
+
+
+def _account_files(paths: DataPaths) -> list[Path]:
+    return sorted(paths.user_history.glob("*.parquet"))
+
+
+def _write_accounts(con: duckdb.DuckDBPyConnection, paths: DataPaths) -> tuple[int, datetime | None]:
+    """Gather the validated account history into the user_account source; (rows, earliest valid_from of the rows
+    that are new since the previous table, None when nothing changed)."""
+    files = _account_files(paths)
+    if not files:
+        raise DataError(f"no account history under {paths.user_history}; run `churn data validate`")
+    columns = ", ".join(_ident(name) for name in ACCOUNT_SCHEMA.names)
+    table = con.execute(
+        f"SELECT DISTINCT {columns} FROM read_parquet($files) ORDER BY user_id, valid_from, created, account_status",
+        {"files": [str(f) for f in files]},
+    ).to_arrow_table()
+    table = table.cast(ACCOUNT_SCHEMA)
+    target = paths.features / ACCOUNT_TABLE / PART_FILE
+    changed_from = _earliest_new(con, target, table)
+    _write_atomically(table, target)
+    return table.num_rows, changed_from
+
+
+def _earliest_new(con: duckdb.DuckDBPyConnection, previous: Path, table: pa.Table) -> datetime | None:
+    if not previous.exists():
+        return pc.min(table["valid_from"]).as_py()
+    con.register("new_accounts", table)
+    try:
+        (earliest,) = con.execute(
+            "SELECT min(valid_from) FROM (SELECT * FROM new_accounts EXCEPT SELECT * FROM read_parquet(?))",
+            [str(previous)],
+        ).fetchone()
+    finally:
+        con.unregister("new_accounts")
+    return earliest
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+
+
+def record_build(
+    paths: DataPaths, first_day: date, last_day: date, built_at: datetime, accounts_changed_from: datetime | None
+) -> int:
+    """Append a build of snapshot days ``first_day..last_day`` to the manifest; its sequence number."""
+    paths.builds.mkdir(parents=True, exist_ok=True)
+    seq = max((int(p.stem) for p in paths.builds.glob("*.json")), default=0) + 1
+    # The first day rebuilt is described at its end: no row this build wrote is older.
+    first_row = datetime.combine(first_day + timedelta(days=1), time(), UTC)
+    changed = {
+        SNAPSHOT_TABLE: first_row.isoformat(),
+        ACCOUNT_TABLE: accounts_changed_from.isoformat() if accounts_changed_from else None,
+    }
+    record = BuildRecord(seq, built_at.isoformat(), first_day.isoformat(), last_day.isoformat(), changed)
+    target = paths.builds / f"{seq:06d}.json"
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_text(json.dumps(asdict(record), indent=2) + "\n")
+    os.replace(temporary, target)
+    return seq
+
+
+def read_builds(paths: DataPaths, after: int = 0) -> list[BuildRecord]:
+    """The builds recorded after sequence number ``after``, oldest first."""
+    records = []
+    for path in sorted(paths.builds.glob("*.json")):
+        if int(path.stem) > after:
+            records.append(BuildRecord(**json.loads(path.read_text())))
+    return records
+
+
+def _summarise(
+    con: duckdb.DuckDBPyConnection,
+    paths: DataPaths,
+    plan: _Plan,
+    snapshots: _Snapshots,
+    seq: int,
+    accounts: int,
+    catalog: EventCatalog,
+) -> BuildSummary:
     """What the snapshot files on disk hold now (all days, not only the ones rebuilt)."""
-    rows, users, first, last = con.execute(
-        f"""SELECT count(*), count(DISTINCT user_id), min({TIMESTAMP_FIELD})::DATE - 1, max({TIMESTAMP_FIELD})::DATE - 1
+    users, first, last = con.execute(
+        f"""SELECT count(DISTINCT user_id), min({TIMESTAMP_FIELD})::DATE - 1, max({TIMESTAMP_FIELD})::DATE - 1
             FROM read_parquet($snapshots)""",
         {"snapshots": str(paths.snapshots / "*" / "*.parquet")},
     ).fetchone()
+    columns = len(snapshot_columns(catalog))
     return BuildSummary(
-        paths.snapshots, paths.user_daily, plan.first_day, plan.last_day, rows, users, columns, first, last
+        seq,
+        paths.snapshots,
+        plan.first_day,
+        plan.last_day,
+        snapshots.rows,
+        snapshots.later_versions,
+        users,
+        columns,
+        first,
+        last,
+        accounts,
     )
 
 
 def build_features(
     settings: Settings, start: date | None = None, end: date | None = None, catalog: EventCatalog = DEFAULT_CATALOG
 ) -> BuildSummary:
-    """(Re)build the snapshot and user-daily partitions of ``start - late_data_days .. end`` (default: all days
-    with events). Each partition file is replaced atomically; re-running a window gives identical bytes."""
+    """(Re)build the snapshot partitions of ``start - late_data_days .. end`` (default: every day with events) and
+    the account table, and record the build. Each file is replaced atomically; re-running gives identical bytes."""
     paths = settings.paths
     paths.features.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.features, prefix=".duckdb-") as spill_dir:
@@ -610,8 +823,18 @@ def build_features(
             _check_columns(con, str(paths.users), _USER_TYPES)
             plan = _plan(*_data_days(con, paths), settings, start, end, _lookback(catalog))
             with ThreadPoolExecutor(max_workers=os.cpu_count()) as executor:
-                rows = _build(con, catalog, paths, plan, _Writer(executor))
-            logger.info("rebuilt %s..%s: %d snapshot rows", plan.first_day, plan.last_day, rows)
-            return _summarise(con, paths, plan, len(snapshot_columns(catalog)))
+                snapshots = _build(con, catalog, paths, plan, _Writer(executor))
+            accounts, changed_from = _write_accounts(con, paths)
+            seq = record_build(paths, plan.first_day, plan.last_day, settings.clock(), changed_from)
+            logger.info(
+                "build %d: days %s..%s, %d snapshot rows (%d later versions), %d account rows",
+                seq,
+                plan.first_day,
+                plan.last_day,
+                snapshots.rows,
+                snapshots.later_versions,
+                accounts,
+            )
+            return _summarise(con, paths, plan, snapshots, seq, accounts, catalog)
         finally:
             con.close()

@@ -1,7 +1,7 @@
-"""The pandera contract of the daily snapshot table, derived from an event catalogue.
+"""The pandera contract of the daily snapshot table, derived from an event catalogue, and the account table's schema.
 
 The feature build checks every table against it before writing, so Feast never reads a snapshot with a
-negative count, a ratio outside [0, 1], a duplicate (user, day) or a nanosecond / naive timestamp.
+negative count, a ratio outside [0, 1], a duplicate (user, day, version) or a nanosecond / naive timestamp.
 :func:`check_arrow` enforces the same rules, read off the pandera schema, on the Arrow table with
 ``pyarrow.compute`` (every row, no pandas copy); the build also runs pandera itself on its first day.
 """
@@ -17,15 +17,26 @@ from pandera.errors import SchemaError as PanderaSchemaError
 from pandera.errors import SchemaErrors as PanderaSchemaErrors
 
 from churn_common.errors import SchemaError
-from churn_common.names import CREATED_TIMESTAMP_FIELD, JOIN_KEY, TIMESTAMP_FIELD
+from churn_common.names import ACCOUNT_STATUS, CREATED_TIMESTAMP_FIELD, JOIN_KEY, TIMESTAMP_FIELD, VALID_FROM_FIELD
 from transformations.catalog import EventCatalog
 
 TS_US_UTC = pd.DatetimeTZDtype(unit="us", tz="UTC")
 # Arrow-backed strings: checking the dtype is then one comparison, not a Python call per value.
 STRING = pd.StringDtype("pyarrow")
-USER_ATTRIBUTES = ("plan", "country", "acquisition_channel")
 RECENCY = "days_since_last_activity"
 TENURE = "tenure_days"
+ACCOUNT_ATTRIBUTES = ("plan", "country", "acquisition_channel")
+# The account history the validation gate writes and the user_account feature view reads: a row holds from
+# valid_from on, known from created on.
+ACCOUNT_SCHEMA = pyarrow.schema(
+    [
+        (JOIN_KEY, pyarrow.int64()),
+        (VALID_FROM_FIELD, pyarrow.timestamp("us", tz="UTC")),
+        (CREATED_TIMESTAMP_FIELD, pyarrow.timestamp("us", tz="UTC")),
+        *((name, pyarrow.string()) for name in ACCOUNT_ATTRIBUTES),
+        (ACCOUNT_STATUS, pyarrow.string()),
+    ]
+)
 
 
 CREATED_AFTER_END = f"{CREATED_TIMESTAMP_FIELD} >= {TIMESTAMP_FIELD}"
@@ -45,7 +56,6 @@ def snapshot_columns(catalog: EventCatalog) -> list[str]:
         RECENCY,
         TENURE,
         *(trend_column(stem) for stem in catalog.trend_features),
-        *USER_ATTRIBUTES,
     ]
 
 
@@ -103,14 +113,15 @@ def snapshot_schema(catalog: EventCatalog) -> pa.DataFrameSchema:
     columns[RECENCY] = _nonnegative_int()
     columns[TENURE] = _nonnegative_int()
     columns.update(_trend_columns(catalog))
-    columns.update({name: pa.Column(STRING, nullable=True) for name in USER_ATTRIBUTES})
     created_after_end = pa.Check(
         lambda frame: frame[CREATED_TIMESTAMP_FIELD] >= frame[TIMESTAMP_FIELD], name=CREATED_AFTER_END
     )
     return pa.DataFrameSchema(
         columns,
         checks=[created_after_end],
-        unique=[JOIN_KEY, TIMESTAMP_FIELD],
+        # One row per user, day and version. Listed least significant first: the build writes day by day, users
+        # ascending, versions in created order, which _unique proves with one comparison per row.
+        unique=[CREATED_TIMESTAMP_FIELD, JOIN_KEY, TIMESTAMP_FIELD],
         strict=True,
         ordered=True,
         name="user_daily_snapshots",

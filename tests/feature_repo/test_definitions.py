@@ -52,7 +52,7 @@ def test_profiles_bound_materialisation_and_keep_serving(settings, profile):
     assert config.materialization_config.pull_latest_features
     assert 0 < config.materialization_config.online_write_batch_size <= 100_000
     assert config.registry.serve_features_while_materializing
-    assert config.offline_store.type == "churn_common.feast_offline.FastDuckDBOfflineStore"
+    assert config.offline_store.type == "churn_common.feast_plugins.offline_store.FastDuckDBOfflineStore"
 
 
 def test_production_profile_uses_sql_registry_with_thread_cache_and_redis_secret(settings):

@@ -19,7 +19,7 @@ from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from churn_common.errors import FeatureStoreError
-from churn_common.feast_engine import (
+from churn_common.feast_plugins.engine import (
     RedisBatchEngine,
     RedisBatchEngineConfig,
     _Batch,
@@ -35,7 +35,7 @@ from tests.conftest import TEST_REDIS_DB, unique_name
 from tests.feature_repo.conftest import delete_project_keys
 from tests.feature_repo.factories import day_end, random_snapshots, write_snapshots
 
-ENGINE = {"type": "churn_common.feast_engine.RedisBatchEngine"}
+ENGINE = {"type": "churn_common.feast_plugins.engine.RedisBatchEngine"}
 DAYS = [date(2026, 4, 1) + timedelta(days=i) for i in range(4)]
 USERS = range(1, 301)
 STALE_USERS = range(301, 341)  # no rows in the last days

@@ -10,7 +10,7 @@ from feast import FeatureStore, FeatureView, Field
 from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
 from feast.types import Float64, Int64
 
-from churn_common.feast_offline import FastDuckDBOfflineStore, FastDuckDBOfflineStoreConfig, _plan
+from churn_common.feast_plugins.offline_store import FastDuckDBOfflineStore, FastDuckDBOfflineStoreConfig, _plan
 from churn_common.feature_frame import normalize, service_schema
 from churn_common.names import FEATURE_SERVICE
 from churn_common.settings import Settings

@@ -22,7 +22,7 @@ The result is an ``IbisRetrievalJob`` over the query, so ``to_df`` / ``to_arrow`
 mappings, join-key maps, name clashes) goes to Feast's own implementation. Enable it in feature_store.yaml::
 
     offline_store:
-      type: churn_common.feast_offline.FastDuckDBOfflineStore
+      type: churn_common.feast_plugins.offline_store.FastDuckDBOfflineStore
 """
 
 import logging
@@ -46,7 +46,7 @@ from feast.repo_config import RepoConfig
 
 logger = logging.getLogger(__name__)
 
-STORE_TYPE = "churn_common.feast_offline.FastDuckDBOfflineStore"
+STORE_TYPE = "churn_common.feast_plugins.offline_store.FastDuckDBOfflineStore"
 _ENTITY_TABLE = "__fast_entities"
 _ROW = "__fast_row"
 _TIME = "__fast_t"
@@ -57,7 +57,7 @@ _HELPERS = (_ROW, _TIME, _PROBE, _AVAILABLE)
 
 class FastDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
     # Feast resolves `type: module.Class` to the config class `module.ClassConfig`.
-    type: Literal["churn_common.feast_offline.FastDuckDBOfflineStore"] = STORE_TYPE
+    type: Literal["churn_common.feast_plugins.offline_store.FastDuckDBOfflineStore"] = STORE_TYPE
 
 
 @dataclass

@@ -19,7 +19,7 @@ or Redis Cluster, ``pull_latest_features: false``) go through Feast's local engi
 feature_store.yaml::
 
     batch_engine:
-      type: churn_common.feast_engine.RedisBatchEngine
+      type: churn_common.feast_plugins.engine.RedisBatchEngine
 """
 
 import logging
@@ -66,7 +66,9 @@ _CRLF = pa.scalar(b"\r\n", _BINARY)
 
 
 class RedisBatchEngineConfig(FeastConfigBaseModel):
-    type: Literal["churn_common.feast_engine.RedisBatchEngine"] = "churn_common.feast_engine.RedisBatchEngine"
+    type: Literal["churn_common.feast_plugins.engine.RedisBatchEngine"] = (
+        "churn_common.feast_plugins.engine.RedisBatchEngine"
+    )
     backend: str | None = None
     """DataFrame backend of Feast's local engine, for the views this engine hands to it."""
 
