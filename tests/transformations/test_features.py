@@ -16,19 +16,38 @@ import typer
 from typer.testing import CliRunner
 
 from churn_common.errors import SchemaError
+from churn_common.names import ACCOUNT_TABLE, SNAPSHOT_TABLE
 from churn_common.settings import Settings
 from jobs import feature_commands
 from tests.factories import make_events, make_users, utc, write_validated
 from transformations.catalog import DEFAULT_CATALOG, EventCatalog, EventType, Ratio
-from transformations.features import build_features
-from transformations.snapshot_schema import check_arrow, snapshot_columns, snapshot_schema, to_frame, validate_snapshots
+from transformations.features import build_features, read_builds
+from transformations.snapshot_schema import (
+    ACCOUNT_SCHEMA,
+    check_arrow,
+    snapshot_columns,
+    snapshot_schema,
+    to_frame,
+    validate_snapshots,
+)
 
 TS = pa.timestamp("us", tz="UTC")
 
 
-def read_snapshots(settings: Settings) -> pd.DataFrame:
+def read_snapshots(settings: Settings, versions: str = "latest") -> pd.DataFrame:
+    """Every snapshot row; with ``versions="latest"`` only the newest version of each (user, day)."""
     files = sorted(settings.paths.snapshots.glob("*/*.parquet"))
-    return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+    frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+    if versions == "all":
+        return frame
+    latest = frame.groupby(["user_id", "event_timestamp"]).created.transform("max") == frame.created
+    return frame[latest].reset_index(drop=True)
+
+
+def known_at(frame: pd.DataFrame, instant: pd.Timestamp) -> pd.DataFrame:
+    """The newest version of each (user, day) row that was known at ``instant``."""
+    known = frame[(frame.created <= instant) & (frame.event_timestamp <= instant)]
+    return known.sort_values("created").groupby(["user_id", "event_timestamp"]).tail(1)
 
 
 def row(frame: pd.DataFrame, user_id: int, day: date) -> pd.Series:
@@ -36,6 +55,10 @@ def row(frame: pd.DataFrame, user_id: int, day: date) -> pd.Series:
     match = frame[(frame.user_id == user_id) & (frame.event_timestamp == end)]
     assert len(match) == 1, f"expected one row for user {user_id} on {day}, found {len(match)}"
     return match.iloc[0]
+
+
+def accounts(settings: Settings) -> pd.DataFrame:
+    return pq.read_table(settings.paths.features / "user_account" / "part-0.parquet").to_pandas()
 
 
 def file_bytes(root: Path) -> dict[str, bytes]:
@@ -63,7 +86,7 @@ def small_world(settings: Settings) -> Settings:
             (3, utc(2026, 1, 2, 4), "payment_failed", None),
         ]
     )
-    # Ingested 90 s after it happened, i.e. after the end of its day: the row of that day carries it in `created`.
+    # Ingested 90 s after it happened, i.e. on the next day: the row of its day gets a later version with it.
     late = (events.user_id == 1) & (events.event_type == "quiz_attempt") & (events.value == 80.0)
     events.loc[late, "event_timestamp"] = utc(2026, 1, 2, 23, 59, 30)
     events.loc[late, "ingested_at"] = utc(2026, 1, 3, 0, 1)
@@ -113,38 +136,43 @@ def test_rows_exist_only_while_a_customer_and_never_active_recency_counts_from_s
     snaps = read_snapshots(small_world)
     days = snaps.groupby("user_id").event_timestamp.agg(["min", "max", "count"])
     # user 1: all 20 days; user 2: signed up Jan 3, closed during Jan 8 -> Jan 3..7;
-    # user 3: closed at Jan 6 00:00 exactly -> a customer through the whole of Jan 5.
+    # user 3: closed at Jan 6 00:00 exactly -> closed at the end of Jan 5 (churn_common.population): Jan 1..4.
     assert days.loc[1].tolist() == [utc(2026, 1, 2), utc(2026, 1, 21), 20]
     assert days.loc[2].tolist() == [utc(2026, 1, 4), utc(2026, 1, 8), 5]
-    assert days.loc[3].tolist() == [utc(2026, 1, 2), utc(2026, 1, 6), 5]
+    assert days.loc[3].tolist() == [utc(2026, 1, 2), utc(2026, 1, 5), 4]
     user2 = snaps[snaps.user_id == 2]
     assert user2.days_since_last_activity.tolist() == [0, 1, 2, 3, 4] == user2.tenure_days.tolist()
     user3 = snaps[snaps.user_id == 3]  # a failed payment is not activity
-    assert user3.days_since_last_activity.tolist() == [0, 1, 2, 3, 4]
+    assert user3.days_since_last_activity.tolist() == [0, 1, 2, 3]
     assert row(snaps, 3, date(2026, 1, 2)).payment_fail_rate_7d == 1.0
-    assert (snaps.plan == "free").all() and (snaps.country == "DE").all()
 
 
-def test_created_is_the_latest_ingest_in_the_window_and_timestamps_are_utc_microseconds(
-    small_world: Settings,
-) -> None:
-    snaps = read_snapshots(small_world)
-    assert row(snaps, 1, date(2026, 1, 2)).created == utc(2026, 1, 3, 0, 1)
-    assert row(snaps, 1, date(2026, 1, 3)).created == utc(2026, 1, 4)  # ingested before this row's end
-    assert (snaps.created >= snaps.event_timestamp).all()
+def test_the_account_table_holds_each_accounts_history(small_world: Settings) -> None:
+    table = accounts(small_world)
+    assert table.columns.tolist() == ACCOUNT_SCHEMA.names
+    closed = table[table.account_status == "closed"].set_index("user_id").valid_from
+    assert closed.to_dict() == {2: utc(2026, 1, 8, 12), 3: utc(2026, 1, 6)}
+    opened = table[table.account_status == "open"].set_index("user_id").valid_from
+    assert opened.to_dict() == {1: utc(2026, 1, 1, 10), 2: utc(2026, 1, 3, 8), 3: utc(2026, 1, 1, 10)}
+    assert (table.plan == "free").all() and (table.country == "DE").all()
+
+
+def test_a_late_arrival_leaves_the_on_time_version_and_appends_one_known_from_its_day(small_world: Settings) -> None:
+    versions = read_snapshots(small_world, versions="all")
+    jan2 = versions[(versions.user_id == 1) & (versions.event_timestamp == utc(2026, 1, 3))].sort_values("created")
+    # On time: known at the end of Jan 2, without the quiz that arrived at 00:01 on Jan 3.
+    assert jan2.created.tolist() == [utc(2026, 1, 3), utc(2026, 1, 4)]
+    assert jan2.quiz_attempts_7d.tolist() == [0, 1] and np.isnan(jan2.quiz_score_mean_7d.iloc[0])
+    assert jan2.quiz_score_mean_7d.iloc[1] == 80.0
+    # From Jan 3 on the quiz is known when the day ends: one version each.
+    jan3 = versions[(versions.user_id == 1) & (versions.event_timestamp == utc(2026, 1, 4))]
+    assert jan3.created.tolist() == [utc(2026, 1, 4)] and jan3.quiz_attempts_7d.tolist() == [1]
+    assert (versions.created >= versions.event_timestamp).all()
+    later = versions[versions.created > versions.event_timestamp]
+    assert list(zip(later.user_id, later.event_timestamp, strict=True)) == [(1, utc(2026, 1, 3))]
     schema = pq.read_schema(next(small_world.paths.snapshots.glob("*/part-0.parquet")))
     assert schema.names == snapshot_columns(DEFAULT_CATALOG)
     assert schema.field("event_timestamp").type == TS and schema.field("created").type == TS
-    daily_file = small_world.paths.user_daily / "date=2026-01-02" / "part-0.parquet"
-    assert pq.read_schema(daily_file).field("max_ingested_at").type == TS
-    daily = pq.read_table(daily_file).to_pandas()
-    assert daily.user_id.tolist() == [1, 3]
-    assert daily.loc[0, ["video_watch_count", "video_watch_value_sum", "video_watch_value_count"]].tolist() == [
-        2,
-        30.0,
-        1,
-    ]
-    assert daily.is_active.tolist() == [True, False]
 
 
 # ------------------------------------------------------------------------------- independent re-computation
@@ -209,10 +237,10 @@ def test_every_window_feature_equals_an_independent_pandas_computation(settings:
     days = pd.date_range("2026-01-01", events.event_timestamp.max().tz_localize(None).normalize(), freq="D")
     expected = pandas_windows(events, DEFAULT_CATALOG, days)
 
-    # Rows: exactly the customer days (signup day <= D, closed_at >= end of D).
+    # Rows: exactly the customer days (signup_at < end of D < closed_at).
     customer = users.merge(pd.DataFrame({"day": days}), how="cross")
     end = customer.day.dt.tz_localize("UTC") + pd.Timedelta(days=1)
-    customer = customer[(customer.signup_at < end) & (customer.closed_at.isna() | (customer.closed_at >= end))]
+    customer = customer[(customer.signup_at < end) & (customer.closed_at.isna() | (customer.closed_at > end))]
     assert sorted(zip(snaps.user_id, snaps.event_timestamp, strict=True)) == sorted(
         zip(customer.user_id, end[customer.index], strict=True)
     )
@@ -244,10 +272,38 @@ def test_features_of_a_day_do_not_depend_on_later_events(settings: Settings, tmp
     write_validated(truncated.paths, users, events[events.event_timestamp < cut])
     build_features(truncated)
 
-    full, short = read_snapshots(settings), read_snapshots(truncated)
+    full, short = read_snapshots(settings, "all"), read_snapshots(truncated, "all")
     full = full[full.event_timestamp <= cut].reset_index(drop=True)
+    short = short[short.event_timestamp <= cut].reset_index(drop=True)
     assert len(short) > 0 and short.event_timestamp.max() == cut
     pd.testing.assert_frame_equal(full, short)
+
+
+@pytest.mark.parametrize("seed", [4, 8])
+def test_what_was_known_at_each_day_boundary_equals_a_build_from_what_had_arrived(
+    settings: Settings, tmp_path: Path, seed: int
+) -> None:
+    """The truncation check: for every day boundary T, the newest version known at T of every row equals the row a
+    build from only the events that had arrived by T computes. Late data on: about half the events arrive late."""
+    users, events = random_world(seed=seed, n_users=20, n_days=40)
+    assert (events.ingested_at.dt.floor("D") > events.event_timestamp.dt.floor("D")).mean() > 0.3
+    write_validated(settings.paths, users, events)
+    build_features(settings)
+    versions = read_snapshots(settings, "all")
+    assert (versions.created > versions.event_timestamp).sum() > 100
+    for day in range(2, 44):
+        instant = pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(days=day)
+        arrived = Settings(data_dir=tmp_path / f"arrived-{day}")
+        write_validated(arrived.paths, users, events[events.ingested_at < instant])
+        build_features(arrived, end=(instant - pd.Timedelta(days=1)).date())
+        expected = known_at(read_snapshots(arrived, "all"), instant)
+        got = known_at(versions, instant)
+        key = ["user_id", "event_timestamp"]
+        pd.testing.assert_frame_equal(
+            got.drop(columns="created").sort_values(key).reset_index(drop=True),
+            expected.drop(columns="created").sort_values(key).reset_index(drop=True),
+            obj=f"rows known at {instant}",
+        )
 
 
 def test_rebuilding_a_window_gives_identical_bytes_and_an_incremental_build_equals_a_full_one(
@@ -255,13 +311,15 @@ def test_rebuilding_a_window_gives_identical_bytes_and_an_incremental_build_equa
 ) -> None:
     users, events = random_world(seed=11)
     cut = pd.Timestamp("2026-02-05", tz="UTC")
-    write_validated(settings.paths, users, events[events.event_timestamp < cut])
+    arrived = events.ingested_at < cut
+    write_validated(settings.paths, users, events[arrived])
     build_features(settings)
     first_build = file_bytes(settings.paths.features)
     build_features(settings, date(2026, 1, 20), date(2026, 1, 30))
     assert file_bytes(settings.paths.features) == first_build
 
-    write_validated(settings.paths, None, events[events.event_timestamp >= cut], part="part-1")
+    # The next days' drops: what arrived from the cut on, late events of earlier days included.
+    write_validated(settings.paths, None, events[~arrived], batch="b1")
     build_features(settings, start=date(2026, 2, 5))
     fresh = Settings(data_dir=tmp_path / "fresh")
     write_validated(fresh.paths, users, events)
@@ -271,27 +329,19 @@ def test_rebuilding_a_window_gives_identical_bytes_and_an_incremental_build_equa
     assert not [p for p in settings.paths.features.rglob("*") if p.name.startswith(".")]
 
 
-def test_a_late_event_is_picked_up_and_moves_created_later(settings: Settings) -> None:
-    users = make_users(1)
-    events = make_events([(1, utc(2026, 1, d, 12), "login", None) for d in range(1, 11)])
+def test_every_build_is_recorded_with_what_it_rewrote(settings: Settings) -> None:
+    users, events = random_world(seed=2)
     write_validated(settings.paths, users, events)
-    build_features(settings)
-    before = read_snapshots(settings).set_index("event_timestamp")
-
-    arrived = utc(2026, 1, 10, 18)
-    late = make_events([(1, utc(2026, 1, 8, 20), "login", None)])
-    late["ingested_at"] = arrived
-    write_validated(settings.paths, None, late, part="part-late")
-    two_days = Settings(data_dir=settings.data_dir, late_data_days=2)
-    build_features(two_days, start=date(2026, 1, 10), end=date(2026, 1, 10))
-    after = read_snapshots(settings).set_index("event_timestamp")
-
-    for day, moved in [(8, True), (9, True), (10, False)]:
-        end = utc(2026, 1, day + 1)
-        assert after.loc[end, "sessions_7d"] == before.loc[end, "sessions_7d"] + 1
-        assert after.loc[end, "created"] == (arrived if moved else end)
-        assert before.loc[end, "created"] == end
-    assert after.loc[utc(2026, 1, 8), "sessions_7d"] == before.loc[utc(2026, 1, 8), "sessions_7d"]
+    first = build_features(settings)
+    second = build_features(Settings(data_dir=settings.data_dir, late_data_days=3), start=date(2026, 2, 10))
+    builds = read_builds(settings.paths)
+    assert [b.seq for b in builds] == [first.seq, second.seq] == [1, 2]
+    assert (builds[1].first_day, builds[1].last_day) == ("2026-02-07", second.last_day.isoformat())
+    assert builds[1].changed_since(SNAPSHOT_TABLE) == utc(2026, 2, 8)
+    # The first build wrote every account row; the second found none new.
+    assert builds[0].changed_since(ACCOUNT_TABLE) == users.signup_at.min()
+    assert builds[1].changed_since(ACCOUNT_TABLE) is None
+    assert read_builds(settings.paths, after=1) == builds[1:]
 
 
 # --------------------------------------------------------------------------------- catalogue and schema
@@ -332,7 +382,7 @@ def test_a_bring_your_own_catalogue_produces_its_own_columns(settings: Settings)
         7.5,
     )
     assert row(snaps, 2, date(2026, 1, 9)).days_since_last_activity == 8
-    assert snaps.plan.isna().all()
+    assert accounts(settings).plan.isna().all()
 
 
 def test_the_snapshot_schema_rejects_a_negative_count(small_world: Settings) -> None:
@@ -372,9 +422,7 @@ BROKEN_TABLES = {
     "nanosecond timestamps": lambda t: retyped(t, "event_timestamp", pa.timestamp("ns", tz="UTC")),
     "naive timestamps": lambda t: retyped(t, "created", pa.timestamp("us")),
     "int32 count": lambda t: retyped(t, "sessions_7d", pa.int32()),
-    "numbers in a string column": lambda t: t.set_column(
-        t.schema.get_field_index("plan"), "plan", pa.array(range(t.num_rows), pa.int64())
-    ),
+    "a float in an integer column": lambda t: retyped(t, "tenure_days", pa.float64()),
     "a column missing": lambda t: t.drop_columns(["payments_14d"]),
     "an extra column": lambda t: t.append_column("extra", pa.array([0] * t.num_rows)),
     "columns out of order": lambda t: t.select([*t.column_names[1:], t.column_names[0]]),
@@ -385,7 +433,7 @@ ACCEPTED_TABLES = {
     "null in a nullable ratio": lambda t: with_value(t, "payment_fail_rate_90d", None),
     "no rows": lambda t: t.slice(0, 0),
     "rows in another order": lambda t: t.take([2, 0, 1]),
-    "large strings (pandas makes them str objects)": lambda t: retyped(t, "plan", pa.large_string()),
+    "a later version of a row": lambda t: pa.concat_tables([t, with_value(t.slice(0, 1), "created", utc(2026, 1, 9))]),
 }
 
 
@@ -430,6 +478,6 @@ def test_cli_build_reports_what_the_snapshots_hold(small_world: Settings) -> Non
     result = CliRunner().invoke(root, ["features", "build", "--start", "2026-01-10"])
     assert result.exit_code == 0, result.output
     assert str(small_world.paths.snapshots) in result.output
-    assert "rebuilt days 2026-01-07 .. 2026-01-20" in result.output
-    assert "30 rows, 3 users, 62 columns" in result.output
-    assert "days 2026-01-01 .. 2026-01-20" in result.output
+    assert "build 2: rebuilt days 2026-01-03 .. 2026-01-20" in result.output
+    assert "18 snapshot rows written (0 later versions)" in result.output
+    assert "3 users, 59 columns, days 2026-01-01 .. 2026-01-20" in result.output
