@@ -149,7 +149,7 @@ BAD = [
     ("1", "2026-01-05T13:00:00Z", "video_watch", None, "invalid_value"),
     ("2", "2026-03-01T00:00:00.000001Z", "login", None, "future_timestamp"),
     ("99", "2026-01-05T13:00:00Z", "login", None, "unknown_user"),
-    ("2", "2025-12-31T23:59:59Z", "login", None, "before_signup"),
+    ("2", "2026-01-02T23:59:59Z", "login", None, "before_signup"),
     ("1", "2026-01-05T10:30:00Z", "video_watch", 12.5, "duplicate_event"),
     ("1", "2026-01-05T10:30:00Z", "video_watch", 12.5, "duplicate_event"),
 ]
@@ -163,7 +163,8 @@ def _string_events(rows: list[tuple]) -> pd.DataFrame:
 
 
 def test_each_bad_event_class_is_quarantined_with_its_reason(settings: Settings) -> None:
-    write_raw(settings.paths, make_users(3), _string_events(CLEAN + BAD))
+    # Signups on Jan 3: the before-signup row then arrives within the lateness limit (7 days).
+    write_raw(settings.paths, make_users(3, signup=utc(2026, 1, 3)), _string_events(CLEAN + BAD))
     report = validate(settings.paths, now=NOW, max_quarantine_share=1.0)
     expected = {str(reason): 0 for reason in EventReason} | {
         "invalid_user_id": 2,
@@ -289,6 +290,7 @@ def test_threshold_breach_fails_the_cli_and_publishes_nothing(settings: Settings
     write_raw(settings.paths, make_users(1), make_events(good))
     validate(settings.paths, now=NOW, max_quarantine_share=0.0)
     published = (settings.paths.events / "date=2026-01-02" / "batch=events.parquet").read_bytes()
+    validated = _files(settings.paths.validated), sorted(settings.paths.validated.rglob("*"))
 
     # One unknown user in ten rows: 10 % > the 5 % default.
     write_raw(settings.paths, make_users(1), make_events([*good, (7, utc(2026, 1, 3), "login", None)]))
@@ -298,6 +300,7 @@ def test_threshold_breach_fails_the_cli_and_publishes_nothing(settings: Settings
     assert "events 10.00%" in result.output
     assert (settings.paths.events / "date=2026-01-02" / "batch=events.parquet").read_bytes() == published
     assert not (settings.paths.events / "date=2026-01-03").exists()
+    assert (_files(settings.paths.validated), sorted(settings.paths.validated.rglob("*"))) == validated
     report = json.loads((settings.paths.reports / "validation.json").read_text())
     assert report["passed"] is False
     assert report["events"]["by_reason"]["unknown_user"] == 1
@@ -532,7 +535,7 @@ def test_files_outside_a_date_directory_take_the_batch_option(settings: Settings
             "date=2026-01-05/batch=2026-01-05.parquet",
             f"date=2026-01-06/batch={expected}.parquet",
         ]
-        assert [p.name for p in paths.user_history.iterdir()] == [f"batch={batch or '2026-01-05'}.parquet"]
+        assert [p.name for p in paths.user_history.iterdir()] == [f"batch={expected}.parquet"]
 
 
 @pytest.mark.parametrize(("file_name", "batch"), [("my events.parquet", None), ("ok.parquet", "../up")])
@@ -652,6 +655,12 @@ def test_duplicate_event_ids_within_a_run_are_quarantined(settings: Settings) ->
     assert quarantined["source_row"].tolist() == [1, 4, 5, 8]
     published = pd.read_parquet(settings.paths.events).sort_values(["event_timestamp", "event_id"])
     assert published["event_id"].tolist() == ["e1", "e2", None, "e3", "e5"]
+    # 2026-01-06 held only a duplicate: no date directory for it.
+    assert sorted(p.name for p in settings.paths.events.iterdir()) == [
+        "date=2026-01-05",
+        "date=2026-01-07",
+        "date=2026-01-09",
+    ]
 
 
 # --- empty input -------------------------------------------------------------------------------------------
