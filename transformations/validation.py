@@ -202,7 +202,9 @@ class ValidationReport:
 
     def summary(self) -> str:
         lines = [f"validation {'PASSED' if self.passed else 'FAILED'} (now={self.now.isoformat()})"]
-        lines.append(f"  batches: {', '.join(self.batches)}")
+        # A first run over a long history has a batch per day: the ends and a count say enough.
+        shown = self.batches if len(self.batches) <= 5 else [self.batches[0], "...", self.batches[-1]]
+        lines.append(f"  batches: {', '.join(shown)} ({len(self.batches)})")
         for name, table in (("users", self.users), ("events", self.events)):
             lines.append(
                 f"  {name}: {table.rows_in} in = {table.rows_accepted} accepted + {table.rows_quarantined} "
@@ -944,8 +946,8 @@ def _content_frame(keys: pa.Table) -> pd.DataFrame:
 
 
 def _content_duplicates(ours: pa.Table, others: _OtherBatches, day: str) -> np.ndarray:
-    """Positions in ``ours`` (rows without event id) whose content an earlier row of ``ours``, or a row without
-    event id of another batch, has."""
+    """Positions in ``ours`` (content keys of rows without event id) whose content an earlier row of ``ours``, or a
+    row without event id of another batch, has."""
     if ours.num_rows == 0:
         return np.zeros(0, dtype=np.int64)
     user_ids = pc.unique(ours["user_id"])
@@ -955,7 +957,7 @@ def _content_duplicates(ours: pa.Table, others: _OtherBatches, day: str) -> np.n
         # Only rows of our users can match: filtering first keeps the comparison small.
         table = table.filter(pc.and_(pc.is_null(table["event_id"]), pc.is_in(table["user_id"], value_set=user_ids)))
         earlier.append(table.select(list(CONTENT_KEY)))
-    keys = pa.concat_tables([*earlier, ours.select(list(CONTENT_KEY))])
+    keys = pa.concat_tables([*earlier, ours])
     return _later_repeats(UNIQUE_EVENTS_SCHEMA, keys.num_rows - ours.num_rows, _content_frame(keys))
 
 
@@ -963,7 +965,10 @@ def _day_duplicates(table: pa.Table, id_duplicates: np.ndarray, others: _OtherBa
     """Rows of one date's staged ``table`` (input order) that are duplicates, by event id or else by content."""
     by_id = np.flatnonzero(np.isin(table["seq"].to_numpy(), id_duplicates))
     without_id = np.flatnonzero(table["event_id"].is_null().to_numpy(zero_copy_only=False))
-    by_content = without_id[_content_duplicates(table.take(without_id), others, day)]
+    keys = table.select(list(CONTENT_KEY))
+    # Most logs carry no event ids: then every row is compared by content, without a copy.
+    keys = keys if len(without_id) == table.num_rows else keys.take(without_id)
+    by_content = without_id[_content_duplicates(keys, others, day)]
     return np.union1d(by_id, by_content)
 
 
@@ -973,9 +978,11 @@ def _day_duplicates(table: pa.Table, id_duplicates: np.ndarray, others: _OtherBa
 def _write_batches(table: pa.Table, out_dir: Path) -> list[Path]:
     """One date's accepted rows as a hidden temp file per batch, sorted; return the temp files."""
     pending = []
-    for batch in sorted(pc.unique(table["batch"]).to_pylist()):
+    batches = sorted(pc.unique(table["batch"]).to_pylist())
+    for batch in batches:
         out_dir.mkdir(parents=True, exist_ok=True)
-        rows = table.filter(pc.equal(table["batch"], batch)).select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
+        rows = table if len(batches) == 1 else table.filter(pc.equal(table["batch"], batch))
+        rows = rows.select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
         rows = rows.take(pc.sort_indices(rows, [("user_id", "ascending"), ("event_timestamp", "ascending")]))
         tmp = out_dir / f".batch={batch}.parquet.tmp"
         pq.write_table(rows.replace_schema_metadata(None), tmp)

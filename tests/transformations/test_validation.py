@@ -429,9 +429,14 @@ def test_a_directory_of_daily_drops_publishes_one_batch_per_drop(settings: Setti
         "date=2026-01-06/batch=2026-01-06.parquet",
     ]
     assert report.as_dict()["batches"] == ["2026-01-05", "2026-01-06"]
-    assert "2026-01-05, 2026-01-06" in report.summary()
+    assert "batches: 2026-01-05, 2026-01-06 (2)" in report.summary()
     # The users' history is the run's last batch.
     assert [p.name for p in paths.user_history.iterdir()] == ["batch=2026-01-06.parquet"]
+
+
+def test_summary_shortens_a_long_list_of_batches() -> None:
+    report = ValidationReport(NOW, 0.05, ("login",), batches=[f"2026-01-{day:02d}" for day in range(1, 11)])
+    assert "\n  batches: 2026-01-01, ..., 2026-01-10 (10)\n" in report.summary()
 
 
 def test_validating_one_file_keeps_every_other_batch(settings: Settings, tmp_path: Path) -> None:
@@ -555,7 +560,7 @@ def test_cli_batch_option_names_the_batch(settings: Settings, tmp_path: Path) ->
     args = ["data", "validate", "--now", "2026-03-01", "--events", str(tmp_path / "drop.parquet")]
     result = CliRunner().invoke(app, [*args, "--batch", "2026-01-06"])
     assert result.exit_code == 0, result.output
-    assert "batches: 2026-01-06" in result.output
+    assert "batches: 2026-01-06 (1)" in result.output
     assert (settings.paths.events / "date=2026-01-06" / "batch=2026-01-06.parquet").exists()
     assert (settings.paths.user_history / "batch=2026-01-06.parquet").exists()
 
