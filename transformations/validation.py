@@ -385,6 +385,7 @@ def _after_signup(frame: pd.DataFrame) -> pd.Series:
 
 
 def _before_closure(frame: pd.DataFrame) -> pd.Series:
+    """Not after the user's closure (open accounts close at INT64_MAX)."""
     timestamps = frame["event_timestamp"]
     before = timestamps.array.asi8 <= frame["user_closed_us"].to_numpy()
     return timestamps.isna() | pd.Series(before, index=frame.index)
@@ -416,11 +417,13 @@ def raw_events_schema(catalog: EventCatalog, now: pd.Timestamp, late_data_days: 
     )
 
 
-def raw_users_schema(now: pd.Timestamp) -> pdx.DataFrameSchema:
-    def closed_after_signup(frame: pd.DataFrame) -> pd.Series:
-        closed, signup = frame["closed_at"], frame["signup_at"]
-        return closed.isna() | signup.isna() | (closed >= signup)
+def _closed_after_signup(frame: pd.DataFrame) -> pd.Series:
+    closed, signup = frame["closed_at"], frame["signup_at"]
+    return closed.isna() | signup.isna() | (closed >= signup)
 
+
+def raw_users_schema(now: pd.Timestamp) -> pdx.DataFrameSchema:
+    """Row rules for parsed raw users; ``now`` bounds signups."""
     return pdx.DataFrameSchema(
         {
             "user_id": pdx.Column("Int64", nullable=False),
@@ -430,7 +433,7 @@ def raw_users_schema(now: pd.Timestamp) -> pdx.DataFrameSchema:
         },
         checks=[
             _check(UserReason.UNPARSEABLE_CLOSED_AT, lambda f: ~f["closed_at_unparsed"]),
-            _check(UserReason.CLOSED_BEFORE_SIGNUP, closed_after_signup),
+            _check(UserReason.CLOSED_BEFORE_SIGNUP, _closed_after_signup),
         ],
     )
 
@@ -1145,8 +1148,9 @@ def validate(
     _write_atomically(outcome.history, paths.user_history / f"batch={run.users_batch}.parquet")
     _publish(outcome.pending, paths.events, run.batches)
     logger.info(
-        "validation passed: batches %s, %d users, %d events",
-        ", ".join(run.batches),
+        "validation passed: %d batch(es), last %s; %d users, %d events accepted",
+        len(run.batches),
+        run.batches[-1],
         report.users.rows_accepted,
         report.events.rows_accepted,
     )

@@ -571,13 +571,10 @@ def test_cli_batch_option_names_the_batch(settings: Settings, tmp_path: Path) ->
 def test_duplicates_of_another_batch_are_quarantined_by_content(settings: Settings, tmp_path: Path) -> None:
     write_raw(settings.paths, USERS, make_events(DAY_5))
     first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
-    make_events(
-        [(1, utc(2026, 1, 5, 10), "login", None), (1, utc(2026, 1, 5, 10, 30), "video_watch", 12.5)]
-    ).to_parquet(first)
-    again = [(1, utc(2026, 1, 5, 10, 30), "video_watch", 12.5), (1, utc(2026, 1, 5, 10), "login", None)]
-    make_events([*again, (1, utc(2026, 1, 5, 11), "login", None), (2, utc(2026, 1, 6), "login", None)]).to_parquet(
-        second
-    )
+    login, watch = (1, utc(2026, 1, 5, 10), "login", None), (1, utc(2026, 1, 5, 10, 30), "video_watch", 12.5)
+    make_events([login, watch]).to_parquet(first)
+    news = [(1, utc(2026, 1, 5, 11), "login", None), (2, utc(2026, 1, 6), "login", None)]
+    make_events([watch, login, *news]).to_parquet(second)
     validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=first)
 
     report = validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=second)
@@ -596,12 +593,8 @@ def test_duplicates_of_another_batch_are_quarantined_by_content(settings: Settin
     # Re-validating a batch does not count its own earlier rows as duplicates: it replaces them.
     for source, duplicates in ((second, 2), (first, 0)):
         published = _files(settings.paths.events)
-        assert (
-            validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=source).events.by_reason[
-                "duplicate_event"
-            ]
-            == duplicates
-        )
+        report = validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=source)
+        assert report.events.by_reason["duplicate_event"] == duplicates
         assert _files(settings.paths.events) == published
 
 
@@ -666,6 +659,15 @@ def test_duplicate_event_ids_within_a_run_are_quarantined(settings: Settings) ->
         "date=2026-01-07",
         "date=2026-01-09",
     ]
+
+
+def test_integer_event_ids_are_kept_as_strings(settings: Settings) -> None:
+    rows = [(1, utc(2026, 1, 5, 10), "login", None), (1, utc(2026, 1, 5, 11), "login", None)]
+    write_raw(settings.paths, USERS, make_events(rows).assign(event_id=np.array([7, 7], dtype="int64")))
+    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0)
+    assert report.events.by_reason["duplicate_event"] == 1
+    published = pq.read_table(settings.paths.events / "date=2026-01-05" / "batch=events.parquet")
+    assert published["event_id"].to_pylist() == ["7"]
 
 
 # --- empty input -------------------------------------------------------------------------------------------
