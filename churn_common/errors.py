@@ -5,7 +5,8 @@ ChurnError
 ├── ConfigurationError        settings or feature_store.yaml cannot be used
 ├── DataError                 input data is unusable
 │   ├── SchemaError           a table misses a column or has a wrong type
-│   └── QuarantineThresholdExceeded   too many bad rows to trust the batch
+│   ├── QuarantineThresholdExceeded   too many bad rows to trust the batch
+│   └── EmptyInput            an input has no rows; nothing is published
 ├── FeatureStoreError
 │   ├── FeatureServiceNotFound        the registry has no such FeatureService
 │   └── FeatureStoreUnavailable       the online store (Redis) cannot be reached in time
@@ -33,6 +34,10 @@ class SchemaError(DataError):
 
 
 class QuarantineThresholdExceeded(DataError):
+    pass
+
+
+class EmptyInput(DataError):
     pass
 
 

@@ -3,7 +3,7 @@
 import importlib
 import logging
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -94,9 +94,9 @@ def load_catalog(spec: str) -> EventCatalog:
     return catalog
 
 
-def _parse_now(text: str | None) -> pd.Timestamp:
+def _parse_now(text: str | None, settings: Settings) -> pd.Timestamp:
     if text is None:
-        return pd.Timestamp(datetime.now(UTC))
+        return pd.Timestamp(settings.clock())
     try:
         return pd.Timestamp(text)
     except ValueError as exc:
@@ -106,7 +106,8 @@ def _parse_now(text: str | None) -> pd.Timestamp:
 @app.command("validate")
 def validate_command(
     now: Annotated[
-        str | None, typer.Option(help="Events after this instant are 'future' (ISO-8601, UTC; default: now).")
+        str | None,
+        typer.Option(help="Events after this instant are 'future' (ISO-8601, UTC; default: CHURN_NOW, else now)."),
     ] = None,
     max_quarantine_share: Annotated[
         float | None,
@@ -117,19 +118,31 @@ def validate_command(
     ] = None,
     events: Annotated[Path | None, typer.Option(help="Raw events: a Parquet file or directory.")] = None,
     users: Annotated[Path | None, typer.Option(help="Raw users Parquet file.")] = None,
+    batch: Annotated[
+        str | None,
+        typer.Option(
+            help="Batch of event files outside a date=YYYY-MM-DD directory, and of the users' history "
+            "(default: the file's stem or the directory's name)."
+        ),
+    ] = None,
 ) -> None:
-    """Validate raw users and events; quarantine bad rows; publish the validated tables if within threshold."""
+    """Validate raw users and events; quarantine bad rows; publish this run's batches if within threshold.
+
+    Each batch (a daily drop raw/events/date=YYYY-MM-DD/, or a named file) replaces only its own validated
+    files; an input without rows publishes nothing."""
     settings = Settings()
     try:
         report = validate(
             settings.paths,
-            now=_parse_now(now),
+            now=_parse_now(now, settings),
             max_quarantine_share=(
                 settings.max_quarantine_share if max_quarantine_share is None else max_quarantine_share
             ),
             catalog=load_catalog(catalog) if catalog else DEFAULT_CATALOG,
             users_source=users,
             events_source=events,
+            batch=batch,
+            late_data_days=settings.late_data_days,
         )
     except DataError as exc:
         raise _fail(exc) from exc

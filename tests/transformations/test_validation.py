@@ -11,19 +11,27 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from churn_common.errors import QuarantineThresholdExceeded, SchemaError
+from churn_common.errors import DataError, EmptyInput, QuarantineThresholdExceeded, SchemaError
 from churn_common.settings import DataPaths, Settings
 from jobs.cli import app
 from tests.factories import make_events, make_users, utc, write_raw
 from transformations.catalog import EventCatalog, EventType
 from transformations.synthetic import GeneratorConfig, generate, read_manifest
-from transformations.validation import EventReason, UserReason, parse_ids, validate
+from transformations.validation import EventReason, UserReason, ValidationReport, parse_ids, validate
 
 START = date(2026, 1, 1)
 DAYS = 120
 PERIOD_END = pd.Timestamp(START + timedelta(days=DAYS), tz="UTC")
 TS = pa.timestamp("us", tz="UTC")
 NOW = utc(2026, 3, 1)
+EVENT_COLUMNS = [
+    ("user_id", pa.int64()),
+    ("event_timestamp", TS),
+    ("event_type", pa.string()),
+    ("value", pa.float64()),
+    ("ingested_at", TS),
+    ("event_id", pa.string()),
+]
 
 MUSIC = EventCatalog(
     event_types=(
@@ -86,23 +94,23 @@ def test_counts_reconcile_with_raw_and_published_files(dirty: tuple[DataPaths, d
     assert on_disk["passed"] is True
 
 
-def test_validated_events_are_typed_one_sorted_file_per_date(dirty: tuple[DataPaths, dict]) -> None:
-    paths, _ = dirty
+def test_validated_events_are_typed_sorted_files_per_date_and_batch(dirty: tuple[DataPaths, dict]) -> None:
+    paths, report = dirty
     date_dirs = sorted(paths.events.iterdir())
     assert len(date_dirs) == DAYS
+    # The raw log lands in daily drops raw/events/date=YYYY-MM-DD/: each drop is a batch named by its day.
+    drops = sorted(p.name.removeprefix("date=") for p in paths.raw_events.glob("date=*"))
+    assert report["batches"] == drops
     for date_dir in date_dirs:
-        assert [p.name for p in date_dir.iterdir()] == ["part-0.parquet"]
-        table = pq.read_table(date_dir / "part-0.parquet")
-        assert [(f.name, f.type) for f in table.schema] == [
-            ("user_id", pa.int64()),
-            ("event_timestamp", TS),
-            ("event_type", pa.string()),
-            ("value", pa.float64()),
-            ("ingested_at", TS),
-        ]
-        frame = table.to_pandas()
-        assert (frame["event_timestamp"].dt.strftime("date=%Y-%m-%d") == date_dir.name).all()
-        assert frame.equals(frame.sort_values(["user_id", "event_timestamp"], ignore_index=True))
+        files = sorted(date_dir.iterdir())
+        assert files and all(p.name.removeprefix("batch=").removesuffix(".parquet") in drops for p in files)
+        for file in files:
+            table = pq.read_table(file)
+            assert [(f.name, f.type) for f in table.schema] == EVENT_COLUMNS
+            frame = table.to_pandas()
+            assert (frame["event_timestamp"].dt.strftime("date=%Y-%m-%d") == date_dir.name).all()
+            assert frame.equals(frame.sort_values(["user_id", "event_timestamp"], ignore_index=True))
+            assert frame["event_id"].isna().all()  # the generated log carries no event ids
     assert not list(paths.validated.glob(".*"))
 
 
@@ -141,7 +149,7 @@ BAD = [
     ("1", "2026-01-05T13:00:00Z", "video_watch", None, "invalid_value"),
     ("2", "2026-03-01T00:00:00.000001Z", "login", None, "future_timestamp"),
     ("99", "2026-01-05T13:00:00Z", "login", None, "unknown_user"),
-    ("2", "2025-12-31T23:59:59Z", "login", None, "before_signup"),
+    ("2", "2026-01-02T23:59:59Z", "login", None, "before_signup"),
     ("1", "2026-01-05T10:30:00Z", "video_watch", 12.5, "duplicate_event"),
     ("1", "2026-01-05T10:30:00Z", "video_watch", 12.5, "duplicate_event"),
 ]
@@ -155,7 +163,8 @@ def _string_events(rows: list[tuple]) -> pd.DataFrame:
 
 
 def test_each_bad_event_class_is_quarantined_with_its_reason(settings: Settings) -> None:
-    write_raw(settings.paths, make_users(3), _string_events(CLEAN + BAD))
+    # Signups on Jan 3: the before-signup row then arrives within the lateness limit (7 days).
+    write_raw(settings.paths, make_users(3, signup=utc(2026, 1, 3)), _string_events(CLEAN + BAD))
     report = validate(settings.paths, now=NOW, max_quarantine_share=1.0)
     expected = {str(reason): 0 for reason in EventReason} | {
         "invalid_user_id": 2,
@@ -234,6 +243,8 @@ def test_each_bad_user_class_is_quarantined(settings: Settings) -> None:
         "invalid_user_id": 2,
         "unparseable_signup": 1,
         "unparseable_closed_at": 1,
+        "future_signup": 0,
+        "closed_before_signup": 0,
         "duplicate_user_id": 1,
     }
     accepted = pd.read_parquet(settings.paths.users)
@@ -278,7 +289,8 @@ def test_threshold_breach_fails_the_cli_and_publishes_nothing(settings: Settings
     good = [(1, utc(2026, 1, 2, hour), "login", None) for hour in range(9)]
     write_raw(settings.paths, make_users(1), make_events(good))
     validate(settings.paths, now=NOW, max_quarantine_share=0.0)
-    published = (settings.paths.events / "date=2026-01-02" / "part-0.parquet").read_bytes()
+    published = (settings.paths.events / "date=2026-01-02" / "batch=events.parquet").read_bytes()
+    validated = _files(settings.paths.validated), sorted(settings.paths.validated.rglob("*"))
 
     # One unknown user in ten rows: 10 % > the 5 % default.
     write_raw(settings.paths, make_users(1), make_events([*good, (7, utc(2026, 1, 3), "login", None)]))
@@ -286,8 +298,9 @@ def test_threshold_breach_fails_the_cli_and_publishes_nothing(settings: Settings
     assert result.exit_code == 1
     assert "quarantined share above 5.00%" in result.output
     assert "events 10.00%" in result.output
-    assert (settings.paths.events / "date=2026-01-02" / "part-0.parquet").read_bytes() == published
+    assert (settings.paths.events / "date=2026-01-02" / "batch=events.parquet").read_bytes() == published
     assert not (settings.paths.events / "date=2026-01-03").exists()
+    assert (_files(settings.paths.validated), sorted(settings.paths.validated.rglob("*"))) == validated
     report = json.loads((settings.paths.reports / "validation.json").read_text())
     assert report["passed"] is False
     assert report["events"]["by_reason"]["unknown_user"] == 1
@@ -362,3 +375,530 @@ def test_cli_rejects_a_catalogue_that_is_not_one(settings: Settings) -> None:
     result = CliRunner().invoke(app, ["data", "validate", "--catalog", "tests.transformations.test_validation:NOW"])
     assert result.exit_code != 0
     assert "not an EventCatalog" in result.output
+
+
+# --- batches: a run replaces only its own batches ----------------------------------------------------------
+
+USERS = make_users(3)
+DAY_5 = [(1, utc(2026, 1, 4, 22), "login", None), (1, utc(2026, 1, 5, 9), "login", None)]
+DAY_6 = [(2, utc(2026, 1, 6, 8), "video_watch", 3.0), (3, utc(2026, 1, 6, 9), "login", None)]
+
+
+def _drop(root: Path, day: str, events: pd.DataFrame, part: str = "part-0") -> None:
+    """A daily raw drop, as the log lands: ``root/date=<day>/<part>.parquet``."""
+    (root / f"date={day}").mkdir(parents=True, exist_ok=True)
+    events.to_parquet(root / f"date={day}" / f"{part}.parquet", index=False)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _state(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file and directory under ``root`` with its bytes and modification time: what "untouched" means."""
+    return {
+        p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else b"", p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+    }
+
+
+def _validated_rows(paths: DataPaths) -> int:
+    return sum(pq.read_metadata(p).num_rows for p in paths.events.glob("*/*.parquet"))
+
+
+def _reconciles(report: ValidationReport) -> bool:
+    return all(t.rows_in == t.rows_accepted + t.rows_quarantined for t in (report.users, report.events))
+
+
+def _two_drops(settings: Settings) -> DataPaths:
+    paths = settings.paths
+    paths.raw.mkdir(parents=True)
+    USERS.to_parquet(paths.raw_users, index=False)
+    _drop(paths.raw_events, "2026-01-05", make_events(DAY_5))
+    _drop(paths.raw_events, "2026-01-06", make_events(DAY_6))
+    return paths
+
+
+def test_a_directory_of_daily_drops_publishes_one_batch_per_drop(settings: Settings) -> None:
+    paths = _two_drops(settings)
+    report = validate(paths, now=NOW, max_quarantine_share=0.0)
+    assert report.batches == ["2026-01-05", "2026-01-06"]
+    assert sorted(_files(paths.events)) == [
+        "date=2026-01-04/batch=2026-01-05.parquet",
+        "date=2026-01-05/batch=2026-01-05.parquet",
+        "date=2026-01-06/batch=2026-01-06.parquet",
+    ]
+    assert report.as_dict()["batches"] == ["2026-01-05", "2026-01-06"]
+    assert "batches: 2026-01-05, 2026-01-06 (2)" in report.summary()
+    # The users' history is the run's last batch.
+    assert [p.name for p in paths.user_history.iterdir()] == ["batch=2026-01-06.parquet"]
+
+
+def test_summary_shortens_a_long_list_of_batches() -> None:
+    report = ValidationReport(NOW, 0.05, ("login",), batches=[f"2026-01-{day:02d}" for day in range(1, 11)])
+    assert "\n  batches: 2026-01-01, ..., 2026-01-10 (10)\n" in report.summary()
+
+
+def test_validating_one_file_keeps_every_other_batch(settings: Settings, tmp_path: Path) -> None:
+    paths = _two_drops(settings)
+    validate(paths, now=NOW, max_quarantine_share=0.0)
+    before = _files(paths.events)
+    one_file = tmp_path / "one_file.parquet"
+    make_events([(3, utc(2026, 1, 6, 10), "login", None)]).to_parquet(one_file)
+
+    report = validate(paths, now=NOW, max_quarantine_share=0.0, events_source=one_file)
+
+    after = _files(paths.events)
+    assert {name: after.get(name) for name in before} == before
+    assert sorted(set(after) - set(before)) == ["date=2026-01-06/batch=one_file.parquet"]
+    assert _validated_rows(paths) == len(DAY_5) + len(DAY_6) + 1
+    assert report.batches == ["one_file"]
+    assert _reconciles(report)
+
+
+def test_revalidating_a_batch_replaces_only_it_and_a_rerun_is_byte_identical(
+    settings: Settings, tmp_path: Path
+) -> None:
+    paths = _two_drops(settings)
+    validate(paths, now=NOW, max_quarantine_share=0.0)
+    day_5_files = {k: v for k, v in _files(paths.events).items() if k.endswith("batch=2026-01-05.parquet")}
+    # The 2026-01-06 drop again, now with an event of 2026-01-05 (late) and without user 3's event.
+    redo = tmp_path / "redo"
+    _drop(redo, "2026-01-06", make_events([(2, utc(2026, 1, 5, 23), "login", None), DAY_6[0]]))
+
+    report = validate(paths, now=NOW, max_quarantine_share=0.0, events_source=redo)
+    assert report.batches == ["2026-01-06"]
+    files = _files(paths.events)
+    assert {k: v for k, v in files.items() if k.endswith("batch=2026-01-05.parquet")} == day_5_files
+    assert sorted(k for k in files if k.endswith("batch=2026-01-06.parquet")) == [
+        "date=2026-01-05/batch=2026-01-06.parquet",
+        "date=2026-01-06/batch=2026-01-06.parquet",
+    ]
+    assert pd.read_parquet(paths.events / "date=2026-01-06")["user_id"].tolist() == [2]
+
+    published = _files(paths.validated), (paths.reports / "validation.json").read_bytes()
+    validate(paths, now=NOW, max_quarantine_share=0.0, events_source=redo)
+    assert (_files(paths.validated), (paths.reports / "validation.json").read_bytes()) == published
+
+
+def test_a_batch_that_no_longer_produces_a_date_leaves_other_batches_there(settings: Settings, tmp_path: Path) -> None:
+    paths = _two_drops(settings)
+    validate(paths, now=NOW, max_quarantine_share=0.0)
+    late = tmp_path / "late.parquet"
+    make_events([(2, utc(2026, 1, 4, 23), "login", None)]).to_parquet(late)
+    validate(paths, now=NOW, max_quarantine_share=0.0, events_source=late)
+    make_events([(2, utc(2026, 1, 6, 23), "login", None)]).to_parquet(late)
+
+    validate(paths, now=NOW, max_quarantine_share=0.0, events_source=late)
+    assert sorted(p.name for p in (paths.events / "date=2026-01-04").iterdir()) == ["batch=2026-01-05.parquet"]
+    assert (paths.events / "date=2026-01-06" / "batch=late.parquet").exists()
+
+    # A date left with no file at all disappears.
+    (paths.raw_events / "date=2026-01-05" / "part-0.parquet").unlink()
+    _drop(paths.raw_events, "2026-01-05", make_events(DAY_5[1:]))
+    validate(paths, now=NOW, max_quarantine_share=0.0)
+    assert not (paths.events / "date=2026-01-04").exists()
+
+
+def test_a_second_days_batch_appends(settings: Settings, tmp_path: Path) -> None:
+    paths = settings.paths
+    write_raw(paths, USERS, make_events(DAY_5))
+    for day, rows in (("2026-01-05", DAY_5), ("2026-01-06", DAY_6)):
+        source = tmp_path / f"{day}.parquet"
+        make_events(rows).to_parquet(source)
+        report = validate(paths, now=NOW, max_quarantine_share=0.0, events_source=source, batch=day)
+        assert report.batches == [day]
+    published = pd.read_parquet(paths.events).sort_values("event_timestamp", ignore_index=True)
+    assert list(zip(published["user_id"], published["event_timestamp"], strict=True)) == [
+        (user, ts) for user, ts, _, _ in DAY_5 + DAY_6
+    ]
+    assert sorted(_files(paths.events)) == [
+        "date=2026-01-04/batch=2026-01-05.parquet",
+        "date=2026-01-05/batch=2026-01-05.parquet",
+        "date=2026-01-06/batch=2026-01-06.parquet",
+    ]
+
+
+def test_a_drop_directory_given_as_the_source_is_that_days_batch(settings: Settings) -> None:
+    paths = _two_drops(settings)
+    report = validate(paths, now=NOW, max_quarantine_share=0.0, events_source=paths.raw_events / "date=2026-01-06")
+    assert report.batches == ["2026-01-06"]
+    assert sorted(_files(paths.events)) == ["date=2026-01-06/batch=2026-01-06.parquet"]
+
+
+def test_files_outside_a_date_directory_take_the_batch_option(settings: Settings, tmp_path: Path) -> None:
+    source = tmp_path / "mixed"
+    _drop(source, "2026-01-05", make_events(DAY_5))
+    make_events(DAY_6).to_parquet(source / "extra.parquet")
+    for root, batch, expected in (("default", None, "mixed"), ("named", "manual-1", "manual-1")):
+        paths = DataPaths(tmp_path / root)
+        write_raw(paths, USERS, make_events(DAY_5))
+        report = validate(paths, now=NOW, max_quarantine_share=0.0, events_source=source, batch=batch)
+        assert report.batches == ["2026-01-05", expected]
+        assert sorted(_files(paths.events)) == [
+            "date=2026-01-04/batch=2026-01-05.parquet",
+            "date=2026-01-05/batch=2026-01-05.parquet",
+            f"date=2026-01-06/batch={expected}.parquet",
+        ]
+        assert [p.name for p in paths.user_history.iterdir()] == [f"batch={expected}.parquet"]
+
+
+@pytest.mark.parametrize(("file_name", "batch"), [("my events.parquet", None), ("ok.parquet", "../up")])
+def test_a_batch_name_that_is_not_a_plain_name_is_rejected(
+    settings: Settings, tmp_path: Path, file_name: str, batch: str | None
+) -> None:
+    write_raw(settings.paths, USERS, make_events(DAY_5))
+    make_events(DAY_5).to_parquet(tmp_path / file_name)
+    with pytest.raises(DataError, match="batch name"):
+        validate(settings.paths, now=NOW, max_quarantine_share=0.0, events_source=tmp_path / file_name, batch=batch)
+    assert not settings.paths.validated.exists()
+
+
+def test_cli_batch_option_names_the_batch(settings: Settings, tmp_path: Path) -> None:
+    write_raw(settings.paths, USERS, make_events(DAY_5))
+    make_events(DAY_6).to_parquet(tmp_path / "drop.parquet")
+    args = ["data", "validate", "--now", "2026-03-01", "--events", str(tmp_path / "drop.parquet")]
+    result = CliRunner().invoke(app, [*args, "--batch", "2026-01-06"])
+    assert result.exit_code == 0, result.output
+    assert "batches: 2026-01-06 (1)" in result.output
+    assert (settings.paths.events / "date=2026-01-06" / "batch=2026-01-06.parquet").exists()
+    assert (settings.paths.user_history / "batch=2026-01-06.parquet").exists()
+
+
+# --- duplicates across batches -----------------------------------------------------------------------------
+
+
+def test_duplicates_of_another_batch_are_quarantined_by_content(settings: Settings, tmp_path: Path) -> None:
+    write_raw(settings.paths, USERS, make_events(DAY_5))
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    login, watch = (1, utc(2026, 1, 5, 10), "login", None), (1, utc(2026, 1, 5, 10, 30), "video_watch", 12.5)
+    make_events([login, watch]).to_parquet(first)
+    news = [(1, utc(2026, 1, 5, 11), "login", None), (2, utc(2026, 1, 6), "login", None)]
+    make_events([watch, login, *news]).to_parquet(second)
+    validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=first)
+
+    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=second)
+    assert report.events.by_reason["duplicate_event"] == 2
+    assert (report.events.rows_in, report.events.rows_accepted) == (4, 2)
+    assert _reconciles(report)
+    quarantined = pd.read_parquet(settings.paths.quarantine / "events.parquet").sort_values("source_row")
+    assert quarantined["source_row"].tolist() == [0, 1]
+    assert sorted(_files(settings.paths.events)) == [
+        "date=2026-01-05/batch=a.parquet",
+        "date=2026-01-05/batch=b.parquet",
+        "date=2026-01-06/batch=b.parquet",
+    ]
+    assert pd.read_parquet(settings.paths.events / "date=2026-01-05" / "batch=a.parquet").shape[0] == 2
+
+    # Re-validating a batch does not count its own earlier rows as duplicates: it replaces them.
+    for source, duplicates in ((second, 2), (first, 0)):
+        published = _files(settings.paths.events)
+        report = validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=source)
+        assert report.events.by_reason["duplicate_event"] == duplicates
+        assert _files(settings.paths.events) == published
+
+
+def _with_ids(rows: list[tuple], ids: list[str | None]) -> pd.DataFrame:
+    return make_events(rows).assign(event_id=pd.Series(ids, dtype=object))
+
+
+def test_duplicates_of_another_batch_are_quarantined_by_event_id(settings: Settings, tmp_path: Path) -> None:
+    write_raw(settings.paths, USERS, make_events(DAY_5))
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    login_10, login_11 = (1, utc(2026, 1, 5, 10), "login", None), (1, utc(2026, 1, 5, 11), "login", None)
+    _with_ids([login_10, login_11], ["e1", None]).to_parquet(first)
+    validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=first)
+    resent = [
+        ((1, utc(2026, 1, 5, 10, 0, 5), "login", None), "e1"),  # same id, another time: the id decides
+        (login_11, None),  # no id: the content decides
+        (login_11, "e9"),  # same content as a row without id, but an id of its own
+        ((2, utc(2026, 1, 7), "login", None), "e2"),
+    ]
+    _with_ids([row for row, _ in resent], [event_id for _, event_id in resent]).to_parquet(second)
+
+    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=second)
+    assert report.events.by_reason["duplicate_event"] == 2
+    assert _reconciles(report)
+    quarantined = pd.read_parquet(settings.paths.quarantine / "events.parquet").sort_values("source_row")
+    assert quarantined["source_row"].tolist() == [0, 1]
+    assert quarantined["event_id"].tolist() == ["e1", None]
+    published = pd.read_parquet(settings.paths.events / "date=2026-01-05" / "batch=b.parquet")
+    assert published["event_id"].tolist() == ["e9"]
+    assert pd.read_parquet(settings.paths.events / "date=2026-01-05" / "batch=a.parquet")["event_id"].tolist() == [
+        "e1",
+        None,
+    ]
+
+
+def test_duplicate_event_ids_within_a_run_are_quarantined(settings: Settings) -> None:
+    rows = [
+        ((1, utc(2026, 1, 5, 10), "login", None), "e1"),
+        ((1, utc(2026, 1, 6, 10), "login", None), "e1"),  # another day, same id
+        ((1, utc(2026, 1, 5, 10), "login", None), "e2"),  # same content as e1, another id: not a duplicate
+        ((1, utc(2026, 1, 5, 11), "login", None), None),
+        ((1, utc(2026, 1, 5, 11), "login", None), None),  # no id: content duplicate
+        ((2, utc(2026, 1, 7), "video_watch", -1.0), "e3"),  # quarantined for its value ...
+        ((2, utc(2026, 1, 7), "video_watch", 5.0), "e3"),  # ... so its corrected resend is the first e3
+        ((1, utc(2026, 1, 9), "login", None), "e5"),
+        ((1, utc(2026, 1, 9, 0, 0, 1), "login", None), "e5"),
+    ]
+    write_raw(settings.paths, USERS, _with_ids([r for r, _ in rows], [i for _, i in rows]))
+    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0)
+    assert report.events.by_reason == {str(reason): 0 for reason in EventReason} | {
+        "invalid_value": 1,
+        "duplicate_event": 3,
+    }
+    assert _reconciles(report)
+    quarantined = pd.read_parquet(settings.paths.quarantine / "events.parquet").sort_values("source_row")
+    assert quarantined["source_row"].tolist() == [1, 4, 5, 8]
+    published = pd.read_parquet(settings.paths.events).sort_values(["event_timestamp", "event_id"])
+    assert published["event_id"].tolist() == ["e1", "e2", None, "e3", "e5"]
+    # 2026-01-06 held only a duplicate: no date directory for it.
+    assert sorted(p.name for p in settings.paths.events.iterdir()) == [
+        "date=2026-01-05",
+        "date=2026-01-07",
+        "date=2026-01-09",
+    ]
+
+
+def test_integer_event_ids_are_kept_as_strings(settings: Settings) -> None:
+    rows = [(1, utc(2026, 1, 5, 10), "login", None), (1, utc(2026, 1, 5, 11), "login", None)]
+    write_raw(settings.paths, USERS, make_events(rows).assign(event_id=np.array([7, 7], dtype="int64")))
+    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0)
+    assert report.events.by_reason["duplicate_event"] == 1
+    published = pq.read_table(settings.paths.events / "date=2026-01-05" / "batch=events.parquet")
+    assert published["event_id"].to_pylist() == ["7"]
+
+
+# --- empty input -------------------------------------------------------------------------------------------
+
+
+def _published_once(settings: Settings) -> dict[str, tuple[bytes, int]]:
+    write_raw(settings.paths, USERS, make_events(DAY_5 + DAY_6))
+    validate(settings.paths, now=NOW, max_quarantine_share=0.0)
+    assert _validated_rows(settings.paths) == len(DAY_5) + len(DAY_6)
+    return _state(settings.paths.root)
+
+
+def test_an_empty_events_file_publishes_nothing_and_says_so(settings: Settings, tmp_path: Path) -> None:
+    before = _published_once(settings)
+    empty = tmp_path / "empty_drop.parquet"
+    make_events(DAY_5).iloc[:0].to_parquet(empty)
+
+    with pytest.raises(EmptyInput) as raised:
+        validate(settings.paths, now=NOW, max_quarantine_share=0.0, events_source=empty)
+    message = str(raised.value)
+    assert str(empty) in message
+    assert "nothing was published" in message
+    assert "previously validated data is unchanged" in message
+    assert _state(settings.paths.root) == before
+
+    result = CliRunner().invoke(app, ["data", "validate", "--now", "2026-03-01", "--events", str(empty)])
+    assert result.exit_code == 1
+    assert "0 rows" in result.output and "nothing was published" in result.output
+    assert _state(settings.paths.root) == before
+
+
+def test_an_empty_users_file_publishes_nothing_and_says_so(settings: Settings, tmp_path: Path) -> None:
+    before = _published_once(settings)
+    empty = tmp_path / "no_users.parquet"
+    USERS.iloc[:0].to_parquet(empty)
+
+    with pytest.raises(EmptyInput, match="no_users.parquet.*nothing was published"):
+        validate(settings.paths, now=NOW, max_quarantine_share=0.0, users_source=empty)
+    assert _state(settings.paths.root) == before
+    result = CliRunner().invoke(app, ["data", "validate", "--now", "2026-03-01", "--users", str(empty)])
+    assert result.exit_code == 1
+    assert "nothing was published" in result.output
+    assert _state(settings.paths.root) == before
+
+
+def test_an_empty_drop_among_others_publishes_nothing(settings: Settings) -> None:
+    paths = _two_drops(settings)
+    validate(paths, now=NOW, max_quarantine_share=0.0)
+    (paths.raw_events / "date=2026-01-06" / "part-0.parquet").unlink()
+    _drop(paths.raw_events, "2026-01-06", make_events(DAY_6).iloc[:0])
+    before = _state(paths.root)
+    with pytest.raises(EmptyInput, match="2026-01-06"):
+        validate(paths, now=NOW, max_quarantine_share=0.0)
+    assert _state(paths.root) == before
+
+
+# --- the newer reasons -------------------------------------------------------------------------------------
+
+
+def _arrivals(rows: list[tuple]) -> pd.DataFrame:
+    """Events from ``(user_id, event_timestamp, event_type, value, ingested_at)`` tuples."""
+    frame = make_events([row[:4] for row in rows])
+    frame["ingested_at"] = pd.Series([row[4] for row in rows]).astype("datetime64[us, UTC]")
+    return frame
+
+
+def test_ingestion_closure_and_lateness_reasons(settings: Settings) -> None:
+    users = make_users(3, closed_at=[None, None, utc(2026, 1, 10)])
+    rows = [
+        (1, utc(2026, 1, 5, 10), "login", None, utc(2026, 1, 5, 10, 1)),
+        (1, utc(2026, 1, 5, 11), "login", None, NOW + pd.Timedelta(microseconds=1)),  # future_ingestion
+        (1, utc(2026, 2, 28, 23), "login", None, utc(2026, 3, 2)),  # future_ingestion
+        (2, utc(2026, 3, 2), "login", None, utc(2026, 3, 3)),  # future_timestamp wins
+        (1, utc(2026, 1, 5, 12), "login", None, utc(2026, 1, 12, 12)),  # exactly 7 days late: accepted
+        (1, utc(2026, 1, 5, 13), "login", None, utc(2026, 1, 12, 13) + pd.Timedelta(microseconds=1)),  # too_late
+        (2, utc(2026, 1, 2), "login", None, utc(2026, 1, 20)),  # too_late
+        (99, utc(2026, 1, 2), "login", None, utc(2026, 1, 20)),  # too_late wins over unknown_user
+        (99, utc(2026, 1, 2), "login", None, utc(2026, 1, 3)),  # unknown_user
+        (3, utc(2026, 1, 10), "login", None, utc(2026, 1, 10, 0, 1)),  # at closure: accepted
+        (3, utc(2026, 1, 10, 0, 0, 1), "login", None, utc(2026, 1, 10, 0, 1)),  # after_closure
+        (3, utc(2026, 1, 20), "video_watch", 5.0, utc(2026, 1, 20, 1)),  # after_closure
+        (3, utc(2026, 1, 20), "login", None, utc(2026, 2, 20)),  # too_late wins over after_closure
+    ]
+    write_raw(settings.paths, users, _arrivals(rows))
+    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0)
+    assert report.events.by_reason == {str(reason): 0 for reason in EventReason} | {
+        "future_timestamp": 1,
+        "future_ingestion": 2,
+        "too_late": 4,
+        "unknown_user": 1,
+        "after_closure": 2,
+    }
+    assert (report.events.rows_in, report.events.rows_accepted) == (13, 3)
+    quarantined = pd.read_parquet(settings.paths.quarantine / "events.parquet").sort_values("source_row")
+    assert quarantined["reason"].tolist()[:3] == ["future_ingestion", "future_ingestion", "future_timestamp"]
+
+
+def test_late_data_days_sets_the_lateness_limit(settings: Settings) -> None:
+    rows = [(1, utc(2026, 1, 5), "login", None, utc(2026, 1, 7)), (1, utc(2026, 1, 6), "login", None, utc(2026, 1, 7))]
+    write_raw(settings.paths, USERS, _arrivals(rows))
+    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0, late_data_days=1)
+    assert report.events.by_reason["too_late"] == 1
+    assert report.events.rows_accepted == 1
+
+
+def test_future_signups_and_closures_before_signup_are_quarantined(settings: Settings) -> None:
+    users = pd.DataFrame(
+        {
+            "user_id": ["1", "2", "3", "4", "5", "x", "1", "6"],
+            "signup_at": ["2026-01-01", "2026-03-01T00:00:00.000001Z", "2026-01-05", "2026-01-05", "2026-04-01"]
+            + ["2026-04-01", "2026-04-01", "2026-04-01"],
+            "closed_at": [None, None, "2026-01-04T23:59:59Z", "2026-01-05", "2026-01-01", None, None, "never"],
+        }
+    )
+    write_raw(settings.paths, users, make_events([(1, utc(2026, 1, 2), "login", None)]))
+    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0)
+    assert report.users.by_reason == {
+        "invalid_user_id": 1,
+        "unparseable_signup": 0,
+        "unparseable_closed_at": 1,
+        "future_signup": 3,  # user 5 is also closed before signup: the earlier reason wins
+        "closed_before_signup": 1,
+        "duplicate_user_id": 0,  # the second user 1 signs up in the future
+    }
+    assert pd.read_parquet(settings.paths.users)["user_id"].tolist() == [1, 4]
+    assert _reconciles(report)
+
+
+# --- users: upsert and history -----------------------------------------------------------------------------
+
+HISTORY_COLUMNS = [
+    ("user_id", pa.int64()),
+    ("valid_from", TS),
+    ("created", TS),
+    ("plan", pa.string()),
+    ("country", pa.string()),
+    ("acquisition_channel", pa.string()),
+    ("account_status", pa.string()),
+]
+
+
+def _validate_users(settings: Settings, users: pd.DataFrame, batch: str, tmp_path: Path) -> ValidationReport:
+    source = tmp_path / f"users-{batch}.parquet"
+    users.to_parquet(source, index=False)
+    events = tmp_path / f"events-{batch}.parquet"
+    make_events([(int(users["user_id"].iloc[0]), utc(2026, 1, 11), "login", None)]).to_parquet(events)
+    return validate(
+        settings.paths, now=NOW, max_quarantine_share=1.0, users_source=source, events_source=events, batch=batch
+    )
+
+
+def test_users_are_upserted_and_users_absent_from_a_run_are_kept(settings: Settings, tmp_path: Path) -> None:
+    _validate_users(settings, make_users(3), "2026-01-05", tmp_path)
+    changed = pd.concat([make_users(1, first_id=2, plan="pro"), make_users(1, first_id=4, plan="pro")])
+    bad_row = pd.DataFrame({"user_id": ["3"], "signup_at": ["not a date"]})
+    second = pd.concat([changed.astype({"user_id": str, "signup_at": str}), bad_row], ignore_index=True)
+    report = _validate_users(settings, second, "2026-01-06", tmp_path)
+    assert report.users.by_reason["unparseable_signup"] == 1
+    users = pd.read_parquet(settings.paths.users)
+    assert users["user_id"].tolist() == [1, 2, 3, 4]
+    assert users["plan"].tolist() == ["free", "pro", "free", "pro"]
+    assert [(f.name, f.type) for f in pq.read_schema(settings.paths.users)] == [
+        ("user_id", pa.int64()),
+        ("signup_at", TS),
+        ("country", pa.string()),
+        ("plan", pa.string()),
+        ("acquisition_channel", pa.string()),
+        ("closed_at", TS),
+    ]
+
+    # Events of a user absent from this run's input are judged against the kept row.
+    events = tmp_path / "late.parquet"
+    make_events([(1, utc(2026, 1, 12), "login", None), (3, utc(2025, 12, 1), "login", None)]).to_parquet(events)
+    only_four = tmp_path / "only_four.parquet"
+    make_users(1, first_id=4).to_parquet(only_four)
+    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0, users_source=only_four, events_source=events)
+    assert (report.events.rows_accepted, report.events.by_reason["before_signup"]) == (1, 1)
+    assert pd.read_parquet(settings.paths.users)["plan"].tolist() == ["free", "pro", "free", "free"]
+
+
+def _history(settings: Settings, batch: str) -> list[tuple]:
+    frame = pd.read_parquet(settings.paths.user_history / f"batch={batch}.parquet")
+    return list(frame.itertuples(index=False, name=None))
+
+
+def test_user_history_records_signups_changes_closures_and_reopenings(settings: Settings, tmp_path: Path) -> None:
+    s, closed_3, closed_5 = utc(2026, 1, 1), utc(2026, 1, 3), utc(2026, 1, 4)
+    first = make_users(7, closed_at=[None, closed_3, None, None, closed_5, None, None])
+    _validate_users(settings, first, "2026-01-05", tmp_path)
+    attrs = ("free", "DE", "organic")
+    assert _history(settings, "2026-01-05") == [
+        (1, s, s, *attrs, "open"),
+        (2, s, s, *attrs, "open"),
+        (2, closed_3, closed_3, *attrs, "closed"),
+        (3, s, s, *attrs, "open"),
+        (4, s, s, *attrs, "open"),
+        (5, s, s, *attrs, "open"),
+        (5, closed_5, closed_5, *attrs, "closed"),
+        (6, s, s, *attrs, "open"),
+        (7, s, s, *attrs, "open"),
+    ]
+    table = pq.read_table(settings.paths.user_history / "batch=2026-01-05.parquet")
+    assert [(f.name, f.type) for f in table.schema] == HISTORY_COLUMNS
+
+    closed_3b, signup_8 = utc(2026, 1, 20), utc(2026, 1, 10)
+    second = first[first["user_id"] != 5].copy()  # user 5 absent: no row
+    second.loc[second["user_id"] == 1, "plan"] = "pro"  # attribute change
+    second.loc[second["user_id"] == 2, "closed_at"] = pd.NaT  # reopened
+    second.loc[second["user_id"] == 3, "closed_at"] = closed_3b  # closed
+    second.loc[second["user_id"] == 6, "country"] = None  # attribute change to null
+    second.loc[second["user_id"] == 7, "acquisition_channel"] = "paid"  # both a change and a closure
+    second.loc[second["user_id"] == 7, "closed_at"] = closed_3b
+    eight = make_users(1, first_id=8, signup=signup_8)
+    second = pd.concat([second, eight], ignore_index=True)
+    _validate_users(settings, second, "2026-01-06", tmp_path)
+    assert _history(settings, "2026-01-06") == [
+        (1, NOW, NOW, "pro", "DE", "organic", "open"),
+        (2, NOW, NOW, *attrs, "open"),
+        (3, closed_3b, closed_3b, *attrs, "closed"),
+        (6, NOW, NOW, "free", None, "organic", "open"),
+        (7, closed_3b, closed_3b, "free", "DE", "paid", "closed"),
+        (7, NOW, NOW, "free", "DE", "paid", "closed"),
+        (8, signup_8, signup_8, *attrs, "open"),
+    ]
+    history = _files(settings.paths.user_history)
+
+    # Re-running a batch compares with the batches before it only: the same rows, byte-identical.
+    _validate_users(settings, second, "2026-01-06", tmp_path)
+    assert _files(settings.paths.user_history) == history
+    # Nothing changed since: an empty file with the schema, which still replaces an older file of that batch.
+    _validate_users(settings, second, "2026-01-07", tmp_path)
+    table = pq.read_table(settings.paths.user_history / "batch=2026-01-07.parquet")
+    assert table.num_rows == 0
+    assert [(f.name, f.type) for f in table.schema] == HISTORY_COLUMNS
