@@ -127,10 +127,13 @@ class _Plan:
     first_day: date
     """First snapshot day rebuilt (``--start`` minus the late-data days)."""
     last_day: date
-    """Last snapshot day rebuilt; also the last knowledge day the build reads."""
+    """Last snapshot day rebuilt."""
     history_start: date
     """First knowledge day read: the longest look-back before ``first_day``."""
     late_days: int
+    last_known_day: date
+    """The last day anything arrived on: a day rebuilt gets every later version known by then, so rebuilding an
+    older window rewrites its files whole."""
 
 
 # --------------------------------------------------------------------------------------------- SQL pieces
@@ -189,12 +192,15 @@ def _aggregates_sql(catalog: EventCatalog, where: str = "TRUE") -> str:
         grouped AS (
             SELECT kn, user_id, dn, bool_or(code IN ({activity})) AS has_activity, {", ".join(pivoted)}
             FROM coded GROUP BY kn, user_id, dn
+        ),
+        -- Before any filter on kn: the first activity of a day may have become known before the days returned.
+        flagged AS (
+            SELECT *, CAST(has_activity AND kn = min(kn) FILTER (WHERE has_activity)
+                                                 OVER (PARTITION BY user_id, dn) AS BIGINT) AS act
+            FROM grouped
         )
-        SELECT kn, user_id, dn,
-               CAST(has_activity AND kn = min(kn) FILTER (WHERE has_activity) OVER (PARTITION BY user_id, dn)
-                    AS BIGINT) AS act,
-               {", ".join(names)}
-        FROM grouped WHERE kn BETWEEN $first AND $last AND ({where})
+        SELECT kn, user_id, dn, act, {", ".join(names)}
+        FROM flagged WHERE kn BETWEEN $first AND $last AND ({where})
         ORDER BY kn, user_id, dn
     """
 
@@ -509,7 +515,8 @@ def _plan(first: date, last: date, settings: Settings, start: date | None, end: 
     last_day = last if end is None else end
     if first_day > last_day:
         raise DataError(f"nothing to build: first day {first_day} is after last day {last_day}")
-    return _Plan(first_day, last_day, first_day - timedelta(days=lookback - 1), settings.late_data_days)
+    history_start = first_day - timedelta(days=lookback - 1)
+    return _Plan(first_day, last_day, history_start, settings.late_data_days, max(last, last_day))
 
 
 def _connect(spill_dir: Path) -> duckdb.DuckDBPyConnection:
@@ -675,11 +682,11 @@ def _pending(
     con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, users: _Users, plan: _Plan
 ) -> _Pending:
     """The late aggregates that later versions of the days built add (known after their event day)."""
-    first, last = (plan.first_day - EPOCH).days, (plan.last_day - EPOCH).days
-    bounds = {"first": first + 1, "last": last, "late": plan.late_days}
-    sql = _aggregates_sql(catalog, where="kn > dn")
+    first, last_known = (plan.first_day - EPOCH).days, (plan.last_known_day - EPOCH).days
+    bounds = {"first": first + 1, "last": last_known, "late": plan.late_days}
+    sql = _aggregates_sql(catalog, where=f"kn > dn AND dn <= {(plan.last_day - EPOCH).days}")
     known_day, rows = _query_known(con, sql, paths, users, _metrics(catalog), bounds)
-    return _Pending(rows, known_day, last, plan.late_days)
+    return _Pending(rows, known_day, last_known, plan.late_days)
 
 
 def _build(
