@@ -63,6 +63,7 @@ from pandera.errors import SchemaErrors
 from churn_common.errors import DataError, EmptyInput, QuarantineThresholdExceeded, SchemaError
 from churn_common.settings import DataPaths
 from transformations.catalog import DEFAULT_CATALOG, EventCatalog
+from transformations.snapshot_schema import ACCOUNT_ATTRIBUTES, ACCOUNT_SCHEMA
 
 logger = logging.getLogger(__name__)
 
@@ -119,19 +120,10 @@ USERS_SCHEMA = pa.schema(
         ("closed_at", TS_US_UTC),
     ]
 )
-HISTORY_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.int64()),
-        ("valid_from", TS_US_UTC),
-        ("created", TS_US_UTC),
-        ("plan", pa.string()),
-        ("country", pa.string()),
-        ("acquisition_channel", pa.string()),
-        ("account_status", pa.string()),
-    ]
-)
+# The account history this gate writes is what the user_account feature view reads (via the feature build).
+HISTORY_SCHEMA = ACCOUNT_SCHEMA
 USER_TEXT_COLUMNS = ("country", "plan", "acquisition_channel")
-HISTORY_ATTRIBUTES = ("plan", "country", "acquisition_channel")
+HISTORY_ATTRIBUTES = ACCOUNT_ATTRIBUTES
 REQUIRED_EVENT_COLUMNS = ("user_id", "event_timestamp", "event_type")
 REQUIRED_USER_COLUMNS = ("user_id", "signup_at")
 CONTENT_KEY = ("user_id", "event_timestamp", "event_type", "value")
@@ -1087,6 +1079,12 @@ class _Outcome:
     pending: list[Path]
 
 
+def quarantine_file(paths: DataPaths, table: str, batch: str) -> Path:
+    """Each run keeps its quarantined rows in a file of its own (named like its batch): a later day's run must not
+    overwrite the rows an earlier one set aside. Re-running the same batch replaces its file."""
+    return paths.quarantine / table / f"batch={batch}.parquet"
+
+
 def _validate_all(
     paths: DataPaths, report: ValidationReport, catalog: EventCatalog, run: _Run, late_data_days: int
 ) -> _Outcome:
@@ -1094,8 +1092,10 @@ def _validate_all(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with (
-            QuarantineWriter(paths.quarantine / "users.parquet", USERS_SCHEMA.names) as users_quarantine,
-            QuarantineWriter(paths.quarantine / "events.parquet", EVENTS_SCHEMA.names) as events_quarantine,
+            QuarantineWriter(quarantine_file(paths, "users", run.users_batch), USERS_SCHEMA.names) as users_quarantine,
+            QuarantineWriter(
+                quarantine_file(paths, "events", run.users_batch), EVENTS_SCHEMA.names
+            ) as events_quarantine,
         ):
             accepted = validate_users(run.users_source, report.now, users_quarantine, report.users)
             previous = _read_typed(paths.users, USERS_SCHEMA) if paths.users.exists() else None

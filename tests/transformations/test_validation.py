@@ -86,7 +86,7 @@ def test_counts_reconcile_with_raw_and_published_files(dirty: tuple[DataPaths, d
     assert events["rows_accepted"] == _raw_rows(paths.events)
     assert users["rows_accepted"] == pq.read_metadata(paths.users).num_rows == 300
     for name in ("events", "users"):
-        quarantined = pd.read_parquet(paths.quarantine / f"{name}.parquet")
+        quarantined = pd.read_parquet(paths.quarantine / name)
         counts = quarantined["reason"].value_counts().to_dict()
         assert counts == {k: v for k, v in report[name]["by_reason"].items() if v}
     on_disk = json.loads((paths.reports / "validation.json").read_text())
@@ -116,7 +116,7 @@ def test_validated_events_are_typed_sorted_files_per_date_and_batch(dirty: tuple
 
 def test_quarantine_keeps_original_values_and_origin(dirty: tuple[DataPaths, dict]) -> None:
     paths, _ = dirty
-    quarantined = pd.read_parquet(paths.quarantine / "events.parquet")
+    quarantined = pd.read_parquet(paths.quarantine / "events")
     unparseable = quarantined[quarantined["reason"] == "unparseable_timestamp"]
     assert {"not a timestamp", "2026-02-30T10:00:00Z", "yesterday"} <= set(unparseable["event_timestamp"])
     row = quarantined.iloc[0]
@@ -179,7 +179,7 @@ def test_each_bad_event_class_is_quarantined_with_its_reason(settings: Settings)
     assert report.events.by_reason == expected
     assert (report.events.rows_in, report.events.rows_accepted) == (21, 5)
 
-    quarantined = pd.read_parquet(settings.paths.quarantine / "events.parquet").sort_values("source_row")
+    quarantined = pd.read_parquet(settings.paths.quarantine / "events").sort_values("source_row")
     assert quarantined["source_row"].tolist() == list(range(len(CLEAN), len(CLEAN) + len(BAD)))
     assert quarantined["reason"].tolist() == [row[4] for row in BAD]
     assert quarantined["user_id"].tolist()[:3] == [None, "x1", "1"]
@@ -251,7 +251,7 @@ def test_each_bad_user_class_is_quarantined(settings: Settings) -> None:
     assert accepted["user_id"].tolist() == [1, 5]
     assert accepted["signup_at"].tolist() == [utc(2026, 1, 1), utc(2026, 1, 3)]
     assert accepted["closed_at"].tolist()[1] == utc(2026, 2, 1, 12)
-    quarantined = pd.read_parquet(settings.paths.quarantine / "users.parquet")
+    quarantined = pd.read_parquet(settings.paths.quarantine / "users")
     assert quarantined["source_row"].tolist() == [1, 2, 3, 4, 5]
     assert quarantined["closed_at"].tolist()[4] == "never"
 
@@ -519,6 +519,22 @@ def test_a_second_days_batch_appends(settings: Settings, tmp_path: Path) -> None
     ]
 
 
+def test_each_days_run_keeps_its_own_quarantined_rows(settings: Settings, tmp_path: Path) -> None:
+    paths = settings.paths
+    write_raw(paths, USERS, make_events(DAY_5))
+    for day, rows in (("2026-01-05", DAY_5), ("2026-01-06", DAY_6)):
+        source = tmp_path / f"{day}.parquet"
+        # One event of an unknown user per day: set aside, never lost by the next day's run.
+        make_events([*rows, (999, rows[0][1], "login", None)]).to_parquet(source)
+        validate(paths, now=NOW, max_quarantine_share=0.5, events_source=source, batch=day)
+    quarantined = pd.read_parquet(paths.quarantine / "events")
+    assert quarantined["reason"].tolist() == ["unknown_user", "unknown_user"]
+    assert sorted(p.name for p in (paths.quarantine / "events").iterdir()) == [
+        "batch=2026-01-05.parquet",
+        "batch=2026-01-06.parquet",
+    ]
+
+
 def test_a_drop_directory_given_as_the_source_is_that_days_batch(settings: Settings) -> None:
     paths = _two_drops(settings)
     report = validate(paths, now=NOW, max_quarantine_share=0.0, events_source=paths.raw_events / "date=2026-01-06")
@@ -581,7 +597,7 @@ def test_duplicates_of_another_batch_are_quarantined_by_content(settings: Settin
     assert report.events.by_reason["duplicate_event"] == 2
     assert (report.events.rows_in, report.events.rows_accepted) == (4, 2)
     assert _reconciles(report)
-    quarantined = pd.read_parquet(settings.paths.quarantine / "events.parquet").sort_values("source_row")
+    quarantined = pd.read_parquet(settings.paths.quarantine / "events").sort_values("source_row")
     assert quarantined["source_row"].tolist() == [0, 1]
     assert sorted(_files(settings.paths.events)) == [
         "date=2026-01-05/batch=a.parquet",
@@ -619,7 +635,7 @@ def test_duplicates_of_another_batch_are_quarantined_by_event_id(settings: Setti
     report = validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=second)
     assert report.events.by_reason["duplicate_event"] == 2
     assert _reconciles(report)
-    quarantined = pd.read_parquet(settings.paths.quarantine / "events.parquet").sort_values("source_row")
+    quarantined = pd.read_parquet(settings.paths.quarantine / "events").sort_values("source_row")
     assert quarantined["source_row"].tolist() == [0, 1]
     assert quarantined["event_id"].tolist() == ["e1", None]
     published = pd.read_parquet(settings.paths.events / "date=2026-01-05" / "batch=b.parquet")
@@ -649,7 +665,7 @@ def test_duplicate_event_ids_within_a_run_are_quarantined(settings: Settings) ->
         "duplicate_event": 3,
     }
     assert _reconciles(report)
-    quarantined = pd.read_parquet(settings.paths.quarantine / "events.parquet").sort_values("source_row")
+    quarantined = pd.read_parquet(settings.paths.quarantine / "events").sort_values("source_row")
     assert quarantined["source_row"].tolist() == [1, 4, 5, 8]
     published = pd.read_parquet(settings.paths.events).sort_values(["event_timestamp", "event_id"])
     assert published["event_id"].tolist() == ["e1", "e2", None, "e3", "e5"]
@@ -761,7 +777,7 @@ def test_ingestion_closure_and_lateness_reasons(settings: Settings) -> None:
         "after_closure": 2,
     }
     assert (report.events.rows_in, report.events.rows_accepted) == (13, 3)
-    quarantined = pd.read_parquet(settings.paths.quarantine / "events.parquet").sort_values("source_row")
+    quarantined = pd.read_parquet(settings.paths.quarantine / "events").sort_values("source_row")
     assert quarantined["reason"].tolist()[:3] == ["future_ingestion", "future_ingestion", "future_timestamp"]
 
 
