@@ -7,12 +7,21 @@ import typer
 from churn_common.errors import ChurnError
 from churn_common.logging import configure_logging
 from churn_common.settings import Settings
-from jobs import data_commands, demo, feast_commands, feature_commands, model_commands, serve_commands
+from jobs import (
+    data_commands,
+    demo,
+    feast_commands,
+    feature_commands,
+    model_commands,
+    pipeline_commands,
+    serve_commands,
+)
 
 app = typer.Typer(help="Churn prediction platform on Feast.", no_args_is_help=True, add_completion=False)
 app.add_typer(data_commands.app, name="data", help="Generate and validate raw events.")
 app.add_typer(feature_commands.app, name="features", help="Build feature snapshots; apply the Feast repo.")
 app.add_typer(model_commands.model_app, name="model", help="Promote or roll back the served model.")
+app.add_typer(pipeline_commands.app, name="pipeline", help="The scheduled jobs: validate, build, materialise.")
 feast_commands.register(features_app=feature_commands.app, root=app)
 model_commands.register_top_level(app)
 serve_commands.register_top_level(app)

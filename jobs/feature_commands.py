@@ -32,5 +32,6 @@ def build(
     typer.echo(f"build {summary.seq}: rebuilt days {summary.first_day} .. {summary.last_day}")
     typer.echo(f"  {summary.rows:,} snapshot rows written ({summary.later_versions:,} later versions)")
     typer.echo(f"snapshots: {summary.snapshots}")
-    typer.echo(f"  {summary.users:,} users, {summary.columns} columns, days {summary.data_first_day} .. {summary.data_last_day}")
+    days = f"days {summary.data_first_day} .. {summary.data_last_day}"
+    typer.echo(f"  {summary.users:,} users, {summary.columns} columns, {days}")
     typer.echo(f"accounts: {summary.accounts:,} history rows")

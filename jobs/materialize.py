@@ -117,10 +117,11 @@ def _source_glob(view: FeatureView) -> str:
 
 
 def _newest_rows(view: FeatureView, end: datetime, start: datetime = EPOCH) -> tuple[np.ndarray, np.ndarray]:
-    """Per user, the event time of their newest row in [start, end]: what the online store should hold."""
+    """Per user, the event time of their newest row in [start, end], in whole seconds (stores keep whole seconds):
+    what the online store should hold."""
     source = view.batch_source
     query = f"""
-        SELECT {JOIN_KEY}, epoch(max({source.timestamp_field}))::BIGINT FROM read_parquet(?)
+        SELECT {JOIN_KEY}, epoch_us(max({source.timestamp_field})) // 1000000 FROM read_parquet(?)
         WHERE {source.timestamp_field} BETWEEN ? AND ? GROUP BY ALL ORDER BY 1
     """
     try:
@@ -141,11 +142,11 @@ def _holds(state: OnlineState, views: Sequence[FeatureView], users: np.ndarray, 
     return (online >= seconds[:, None]).all(axis=1)
 
 
-def _sample_missing(state: OnlineState, views: Sequence[FeatureView], end: datetime) -> int:
-    """Of a sample of the users whose newest row the store should hold (within the ttl, for expiring views), how
-    many it lacks."""
+def _sample_missing(state: OnlineState, views: Sequence[FeatureView], held_until: datetime) -> int:
+    """Of a sample of the users whose newest row (up to ``held_until``, the newest the watermark says the store
+    holds; within the ttl for expiring views) the store should hold, how many it lacks."""
     ttl = min((view.ttl for view in views if view.ttl), default=None)
-    users, seconds = _newest_rows(views[0], end, end - ttl if ttl else EPOCH)
+    users, seconds = _newest_rows(views[0], held_until, held_until - ttl if ttl else EPOCH)
     if users.size == 0:
         return 0
     pick = np.linspace(0, users.size - 1, min(SAMPLE_USERS, users.size)).astype(int)
@@ -160,7 +161,6 @@ def _decide(
     watermark: Watermark | None,
     builds: list[BuildRecord],
     groups: dict[str, list[FeatureView]],
-    end: datetime,
 ) -> tuple[Mode, str, list[BuildRecord]]:
     latest = builds[-1].seq
     if watermark is None:
@@ -168,7 +168,10 @@ def _decide(
     if watermark.build > latest:
         return "refill", f"the online store holds build {watermark.build}, newer than the last build {latest}", builds
     for source, views in groups.items():
-        missing = _sample_missing(state, views, end)
+        held_until = watermark.newest_of(source)
+        if held_until is None:
+            return "refill", f"the online store's watermark names no {source} rows", builds
+        missing = _sample_missing(state, views, held_until)
         if missing:
             reason = f"the online store lacks {missing} of {SAMPLE_USERS} sampled users' newest {source} rows"
             return "refill", reason, builds
@@ -244,7 +247,7 @@ def materialize(settings: Settings, end: datetime | None = None) -> Materializat
         raise DataError(f"no feature build recorded under {settings.paths.builds}; run `churn features build`")
     state = online_state(store)
     previous = state.watermark()
-    mode, reason, todo = _decide(state, previous, builds, groups, end)
+    mode, reason, todo = _decide(state, previous, builds, groups)
     logger.info("materialisation of %s (%s): %s, %s", store.project, settings.feast_profile, mode, reason)
     runs = []
     if mode != "noop":

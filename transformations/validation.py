@@ -46,7 +46,7 @@ import os
 import re
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -588,7 +588,7 @@ def _parquet_rows(path: Path) -> int:
         raise DataError(f"cannot read {path}: {exc}") from exc
 
 
-def _require_rows(files: list[_EventFile], source: Path, users_source: Path) -> None:
+def _require_rows(files: list[_EventFile], source: Path | list[Path], users_source: Path) -> None:
     """An empty input, or an empty batch, would replace good data with nothing: refuse it."""
     if _parquet_rows(users_source) == 0:
         raise EmptyInput(f"users input {users_source} has 0 rows: {EMPTY_NOTE}")
@@ -602,11 +602,11 @@ def _require_rows(files: list[_EventFile], source: Path, users_source: Path) -> 
         raise EmptyInput(f"events input {source}: batch(es) {empty} have 0 rows: {EMPTY_NOTE}")
 
 
-def _plan_run(events_source: Path, users_source: Path, batch: str | None) -> _Run:
+def _plan_run(events_sources: list[Path], users_source: Path, batch: str | None) -> _Run:
     if batch is not None:
         _batch_name(batch, "the batch argument")
-    files = _event_files(events_source, batch)
-    _require_rows(files, events_source, users_source)
+    files = [file for source in events_sources for file in _event_files(source, batch)]
+    _require_rows(files, events_sources[0] if len(events_sources) == 1 else events_sources, users_source)
     batches = sorted({file.batch for file in files})
     return _Run(files, batches, users_source, batch if batch is not None else batches[-1])
 
@@ -1125,19 +1125,21 @@ def validate(
     max_quarantine_share: float,
     catalog: EventCatalog = DEFAULT_CATALOG,
     users_source: Path | None = None,
-    events_source: Path | None = None,
+    events_source: Path | Sequence[Path] | None = None,
     batch: str | None = None,
     late_data_days: int = 7,
 ) -> ValidationReport:
     """Validate raw users and events; publish this run's event batches, the merged users and their history.
 
-    ``batch`` names the batch of event files outside a ``date=YYYY-MM-DD`` directory (and the users' history
-    file). Raises EmptyInput (before writing anything) when an input or a batch has no rows,
-    QuarantineThresholdExceeded (after writing the report and quarantine, without publishing) when either
-    table's quarantined share exceeds ``max_quarantine_share``, and SchemaError on unusable columns.
+    ``events_source`` is a file, a directory, or several of them (e.g. the daily drops to catch up on). ``batch``
+    names the batch of event files outside a ``date=YYYY-MM-DD`` directory (and the users' history file). Raises
+    EmptyInput (before writing anything) when an input or a batch has no rows, QuarantineThresholdExceeded (after
+    writing the report and quarantine, without publishing) when either table's quarantined share exceeds
+    ``max_quarantine_share``, and SchemaError on unusable columns.
     """
     report = ValidationReport(_as_utc(now), max_quarantine_share, catalog.names)
-    run = _plan_run(events_source or paths.raw_events, users_source or paths.raw_users, batch)
+    sources = [events_source] if isinstance(events_source, Path) else list(events_source or [paths.raw_events])
+    run = _plan_run(sources, users_source or paths.raw_users, batch)
     report.batches = run.batches
     outcome = _validate_all(paths, report, catalog, run, late_data_days)
     _write_report(report, paths)
