@@ -1,12 +1,13 @@
 """``churn demo``: the whole main job on the embedded default profile, ending with the API serving.
 
-The synthetic period ends yesterday, so the newest snapshots are fresh when the API starts and `/predict`
-answers instead of reporting stale features.
+The synthetic period ends yesterday by the settings clock, so the newest snapshots are fresh when the API starts and
+`/predict` answers instead of reporting stale features. The data goes through the daily pipeline as the CronJob runs
+it: the first run validates every daily drop, builds and materialises.
 """
 
 import json
 import logging
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 import typer
@@ -20,32 +21,34 @@ def _step(title: str) -> None:
     typer.secho(f"\n== {title}", fg=typer.colors.CYAN, bold=True)
 
 
-def _generate_and_validate(settings: Settings, users: int, days: int) -> None:
+def _generate(settings: Settings, users: int, days: int) -> None:
     from transformations.synthetic import GeneratorConfig, generate
-    from transformations.validation import validate
 
-    start = date.today() - timedelta(days=days)
-    _step(f"generate {users} users x {days} days ({start} .. {date.today() - timedelta(days=1)})")
+    start = settings.generated_start(days)
+    _step(f"generate {users} users x {days} days ({start} .. {start + timedelta(days=days - 1)})")
     summary = generate(settings.paths, GeneratorConfig(users, start, days, settings.seed, late_share=0.02))
-    typer.echo(f"{summary.n_events} events, {summary.n_churners} users churn in the period -> {settings.paths.raw}")
-    _step("validate")
-    report = validate(settings.paths, now=datetime.now(UTC), max_quarantine_share=settings.max_quarantine_share)
-    typer.echo(report.summary())
+    typer.echo(f"{summary.n_events} events in {summary.n_partitions} daily drops -> {settings.paths.raw}")
 
 
-def _features(settings: Settings) -> None:
+def _apply(settings: Settings) -> None:
     from churn_common.store import apply_repo
-    from transformations.features import build_features
 
-    _step("build feature snapshots")
-    summary = build_features(settings)
-    typer.echo(
-        f"{summary.rows} snapshot rows for {summary.users} users, days {summary.first_day} .. {summary.last_day}, "
-        f"{summary.columns} columns -> {summary.snapshots}"
-    )
     _step("feast apply")
     store = apply_repo(settings)
     typer.echo(f"project {store.project}: {len(store.list_feature_views())} feature views registered")
+
+
+def _daily_pipeline(settings: Settings) -> None:
+    from jobs.pipeline import run_daily
+
+    _step("daily pipeline: validate every drop, build feature snapshots, materialise")
+    report = run_daily(settings)
+    validation, build = report.validation or {}, report.build or {}
+    events = validation.get("events", {})
+    typer.echo(f"validated {len(report.validated)} drops: {events.get('rows_accepted')} events accepted")
+    typer.echo(f"build {build.get('seq')}: {build.get('rows')} snapshot rows ({build.get('later_versions')} later)")
+    materialization = report.materialization or {}
+    typer.echo(f"online store: {materialization.get('users_written')} users written ({materialization.get('mode')})")
 
 
 def _train(settings: Settings) -> None:
@@ -57,21 +60,17 @@ def _train(settings: Settings) -> None:
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
-def _materialize(settings: Settings) -> None:
-    from jobs.materialize import export_metrics, materialize
-
-    _step("materialise to the online store")
-    report = materialize(settings)
-    export_metrics(report, settings.paths.metrics / "materialize.prom")
-    typer.echo(f"{report.rows_written} users, newest snapshot {report.newest_feature_timestamp}")
-
-
-def _a_scorable_user(settings: Settings) -> int:
+def _a_scored_user(settings: Settings) -> int:
+    """A user of the newest snapshot who is active in the population rule's window (a snapshot means open)."""
     import duckdb
 
+    from churn_common.population import PopulationRule
+
+    activity = PopulationRule(settings.active_window_days).activity_feature
     newest = sorted(settings.paths.snapshots.glob("date=*/*.parquet"))[-1]
     with duckdb.connect() as con:
-        (user_id,) = con.execute("SELECT min(user_id) FROM read_parquet(?)", [str(newest)]).fetchone()
+        query = f"SELECT min(user_id) FROM read_parquet(?) WHERE {activity} > 0"
+        (user_id,) = con.execute(query, [str(newest)]).fetchone()
     return int(user_id)
 
 
@@ -80,7 +79,7 @@ def _serve(settings: Settings) -> None:
 
     base = f"http://{settings.api_host}:{settings.api_port}"
     _step(f"serve on {base}  (Ctrl-C to stop)")
-    typer.echo(f"try:  curl '{base}/predict?user_id={_a_scorable_user(settings)}'")
+    typer.echo(f"try:  curl '{base}/predict?user_id={_a_scored_user(settings)}'")
     typer.echo(f"      curl {base}/ready ; open {base}/docs")
     serve(access_log=False)
 
@@ -92,9 +91,9 @@ def demo_command(
 ) -> None:
     """Run the whole pipeline on the embedded profile: data, validation, features, Feast, training, serving."""
     settings = Settings()
-    _generate_and_validate(settings, users, days)
-    _features(settings)
+    _generate(settings, users, days)
+    _apply(settings)
+    _daily_pipeline(settings)
     _train(settings)
-    _materialize(settings)
     if serve:
         _serve(settings)
