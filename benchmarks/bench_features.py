@@ -29,6 +29,7 @@ import typer
 
 from churn_common.settings import Settings
 from transformations.catalog import DEFAULT_CATALOG
+from transformations.snapshot_schema import ACCOUNT_SCHEMA
 
 START = date(2026, 1, 1)
 DAY_US = 86_400 * 1_000_000
@@ -65,6 +66,16 @@ def _write_users(path: Path, rng: np.random.Generator, n_users: int, n_days: int
     return signup, closed_day
 
 
+def _write_history(paths) -> None:
+    """The account history the gate would write for these users (the build gathers it into user_account)."""
+    from tests.factories import account_history
+
+    users = pq.read_table(paths.users).to_pandas()
+    history = pa.Table.from_pandas(account_history(users), preserve_index=False).cast(ACCOUNT_SCHEMA)
+    paths.user_history.mkdir(parents=True, exist_ok=True)
+    pq.write_table(history, paths.user_history / "batch=bench.parquet")
+
+
 def _write_day(root: Path, rng: np.random.Generator, day: int, propensity: np.ndarray, customer: np.ndarray) -> int:
     active = np.flatnonzero(customer & (rng.random(propensity.size) < propensity))
     counts = 1 + rng.poisson(EXTRA_EVENTS_PER_ACTIVE_DAY, active.size)
@@ -85,7 +96,7 @@ def _write_day(root: Path, rng: np.random.Generator, day: int, propensity: np.nd
     )
     partition = root / f"date={(START + timedelta(days=day)).isoformat()}"
     partition.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, partition / "part-0.parquet")
+    pq.write_table(table, partition / "batch=bench.parquet")
     return user_ids.size
 
 
@@ -94,6 +105,7 @@ def generate(data_dir: Path, n_users: int, n_days: int, seed: int = 7) -> int:
     rng = np.random.default_rng(seed)
     paths = Settings(data_dir=data_dir).paths
     signup, closed_day = _write_users(paths.users, rng, n_users, n_days)
+    _write_history(paths)
     propensity = rng.beta(*ACTIVE_SHARE_BETA, n_users)
     events = 0
     for day in range(n_days):
