@@ -1,0 +1,198 @@
+"""A second product, shaped unlike the e-learning portal: a subscription social app.
+
+Eight event types, user ids from 0, no ``plan`` column, and behaviour that stays steady until the subscription ends:
+a user does not fade out, they cancel. The end is recorded as the account's ``closed_at`` (at a renewal date), so
+the platform is trained with the ``closure`` label here; an inactivity label would mark almost nobody before the
+account closes.
+
+The story each user follows: a hidden ``churn_propensity`` in [0, 1] sets the chance to cancel at each monthly
+renewal; it also lowers engagement a little and raises the chance that a renewal payment fails first, which is all
+the signal a model can see. Everything else is noise: Bernoulli active days, a Poisson number of events on an active
+day, quieter weekends. Events arrive within minutes, ``late_share`` of them 1-5 days late. Raw data lands as the
+e-learning generator's does: daily drops by arrival day under ``raw/events/date=*``, the accounts export
+``raw/users.parquet`` as of the period end, the hidden truth in ``raw/ground_truth.parquet``.
+"""
+
+import shutil
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from churn_common.errors import ConfigurationError
+from churn_common.settings import DataPaths
+from transformations.catalog import EventCatalog, EventType, Ratio
+
+SOCIAL = EventCatalog(
+    event_types=(
+        EventType("app_open", "opens", is_activity=True),
+        EventType("post", "posts", is_activity=True),
+        EventType("comment", "comments", is_activity=True),
+        EventType("like", "likes", is_activity=True),
+        EventType("message", "messages", is_activity=True),
+        EventType("story_view", "story_views", True, "story_seconds", "sum", 0.0, 3_600.0),
+        # The subscription renews without the user doing anything: not engagement.
+        EventType("renewal", "renewals", False, "amount_renewed", "sum", 0.0, 100.0),
+        EventType("renewal_failed", "renewal_failures", False),
+    ),
+    ratios=(Ratio("renewal_fail_rate", "renewal_failed", ("renewal", "renewal_failed")),),
+    trend_features=("active_days", "story_seconds"),
+)
+
+DAY_US = 86_400 * 1_000_000
+TS = pa.timestamp("us", tz="UTC")
+PERIOD_DAYS = 30
+PRICE = 9.99
+CANCEL_PER_PROPENSITY = 0.35
+ACTIVITY = ("app_open", "post", "comment", "like", "message", "story_view")
+ACTIVITY_P = (0.45, 0.05, 0.1, 0.2, 0.1, 0.1)
+COUNTRIES = ("US", "GB", "MX", "NG", "PH")
+CHANNELS = ("store", "friend_invite", "influencer")
+
+
+@dataclass(frozen=True)
+class SocialConfig:
+    n_users: int
+    start: date
+    n_days: int
+    seed: int
+    late_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.n_users < 1 or self.n_days < 1:
+            raise ConfigurationError("the number of users and days must be positive")
+
+    @property
+    def start_us(self) -> int:
+        return int(pd.Timestamp(self.start, tz="UTC").value // 1_000)
+
+
+def _users(config: SocialConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Signups up to a year before the period and during it; a cancellation at some renewal, or none."""
+    n = config.n_users
+    signup_day = np.where(rng.random(n) < 0.6, -rng.random(n) * 365, rng.random(n) * config.n_days)
+    propensity = rng.beta(2.0, 6.0, n)
+    # Renewals every PERIOD_DAYS after signup; each one is cancelled with a chance that grows with propensity.
+    renewals = np.arange(1, (365 + config.n_days) // PERIOD_DAYS + 2)
+    renewal_day = signup_day[:, None] + renewals[None, :] * PERIOD_DAYS
+    cancels = rng.random(renewal_day.shape) < CANCEL_PER_PROPENSITY * propensity[:, None]
+    first = np.where(cancels.any(axis=1), cancels.argmax(axis=1), -1)
+    close_day = np.where(first >= 0, renewal_day[np.arange(n), np.maximum(first, 0)], np.inf)
+    return {
+        "user_id": np.arange(n, dtype=np.int64),  # ids from 0
+        "signup_day": signup_day,
+        "propensity": propensity,
+        "base_active": rng.beta(4.0, 3.0, n) * (1.0 - 0.35 * propensity),
+        "fail_p": 0.02 + 0.25 * propensity,
+        # Cancelled after the period: not known at its end.
+        "close_day": np.where(close_day < config.n_days, close_day, np.inf),
+        "country": rng.choice(np.array(COUNTRIES), n),
+        "channel": rng.choice(np.array(CHANNELS), n),
+    }
+
+
+def _events(users: dict[str, np.ndarray], config: SocialConfig, rng: np.random.Generator) -> pd.DataFrame:
+    days = np.arange(config.n_days, dtype=np.float64)[None, :]
+    alive = (days + 1 > users["signup_day"][:, None]) & (days + 1 <= users["close_day"][:, None])
+    weekend = ((np.arange(config.n_days) + config.start.weekday()) % 7 >= 5)[None, :]
+    p_active = users["base_active"][:, None] * np.where(weekend, 0.85, 1.0) * alive
+    cell = np.flatnonzero(rng.random(p_active.shape) < p_active)
+    cell = np.repeat(cell, 1 + rng.poisson(1.5, cell.size))
+    kind = rng.choice(len(ACTIVITY), cell.size, p=ACTIVITY_P)
+    value = np.where(np.array(ACTIVITY)[kind] == "story_view", np.round(rng.gamma(2.0, 40.0, cell.size), 1), np.nan)
+    names = np.array(ACTIVITY, dtype=object)[kind]
+    bills = _renewals(users, config, alive, rng)
+    user_index, day = np.divmod(np.r_[cell, bills[0]], config.n_days)
+    start_us = config.start_us + day * DAY_US
+    stamp = start_us + (rng.random(user_index.size) * DAY_US).astype(np.int64)
+    signup_us = config.start_us + (users["signup_day"][user_index] * DAY_US).astype(np.int64)
+    close_us = (
+        config.start_us
+        + np.where(np.isinf(users["close_day"]), 0, users["close_day"] * DAY_US).astype(np.int64)[user_index]
+    )
+    stamp = np.maximum(stamp, signup_us + 1)
+    stamp = np.where(np.isinf(users["close_day"][user_index]), stamp, np.minimum(stamp, close_us - 1))
+    return pd.DataFrame(
+        {
+            "user_id": users["user_id"][user_index],
+            "event_timestamp": stamp,
+            "event_type": np.r_[names, bills[1]],
+            "value": np.r_[value, bills[2]],
+        }
+    )
+
+
+def _renewals(
+    users: dict[str, np.ndarray], config: SocialConfig, alive: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Renewal charges on every PERIOD_DAYS after signup while subscribed; failures grow with propensity."""
+    days = np.arange(config.n_days)[None, :]
+    first = np.ceil(users["signup_day"])[:, None]
+    due = ((days - first) % PERIOD_DAYS == 0) & (days > first) & alive
+    cell = np.flatnonzero(due)
+    failed = rng.random(cell.size) < users["fail_p"][cell // config.n_days]
+    kinds = np.where(failed, "renewal_failed", "renewal").astype(object)
+    return cell, kinds, np.where(failed, np.nan, PRICE)
+
+
+def _arrivals(events: pd.DataFrame, config: SocialConfig, rng: np.random.Generator) -> pd.DataFrame:
+    late = rng.random(len(events)) < config.late_share
+    delay_us = np.where(
+        late, rng.integers(DAY_US, 5 * DAY_US, len(events)), rng.integers(1_000_000, 300_000_000, len(events))
+    )
+    events = events.assign(ingested_at=events["event_timestamp"] + delay_us)
+    end_us = config.start_us + config.n_days * DAY_US
+    return events[events["ingested_at"] < end_us].sort_values(["ingested_at", "user_id"], ignore_index=True)
+
+
+def _write_drops(paths: DataPaths, events: pd.DataFrame, config: SocialConfig) -> int:
+    drop_day = (events["ingested_at"].to_numpy() - config.start_us) // DAY_US
+    table = pa.table(
+        {
+            "user_id": pa.array(events["user_id"].to_numpy()),
+            "event_timestamp": pa.array(events["event_timestamp"].to_numpy(), pa.int64()).cast(TS),
+            "event_type": pa.array(events["event_type"].to_numpy(), pa.string()),
+            "value": pa.array(events["value"].to_numpy(), mask=np.isnan(events["value"].to_numpy())),
+            "ingested_at": pa.array(events["ingested_at"].to_numpy(), pa.int64()).cast(TS),
+        }
+    )
+    for day in np.unique(drop_day):
+        directory = paths.raw_events / f"date={(config.start + timedelta(days=int(day))).isoformat()}"
+        directory.mkdir(parents=True)
+        pq.write_table(table.filter(pa.array(drop_day == day)), directory / "part-0.parquet")
+    return int(np.unique(drop_day).size)
+
+
+def _write_users(paths: DataPaths, users: dict[str, np.ndarray], config: SocialConfig) -> None:
+    closed = ~np.isinf(users["close_day"])
+    close_us = config.start_us + np.where(closed, users["close_day"], 0) * DAY_US
+    table = pa.table(
+        {
+            "user_id": pa.array(users["user_id"]),
+            "signup_at": pa.array(config.start_us + (users["signup_day"] * DAY_US).astype(np.int64), pa.int64()).cast(
+                TS
+            ),
+            "country": pa.array(users["country"].astype(str)),
+            "acquisition_channel": pa.array(users["channel"].astype(str)),
+            "closed_at": pa.array(close_us.astype(np.int64), pa.int64(), mask=~closed).cast(TS),
+        }
+    )
+    pq.write_table(table, paths.raw_users)
+    truth = pa.table({"user_id": pa.array(users["user_id"]), "churn_propensity": pa.array(users["propensity"])})
+    pq.write_table(truth, paths.ground_truth)
+
+
+def generate(paths: DataPaths, config: SocialConfig) -> int:
+    """Write the raw drops, the accounts export and the hidden truth under ``paths.raw`` (replacing them); return
+    the number of daily drops."""
+    if paths.raw.exists():
+        shutil.rmtree(paths.raw)
+    paths.raw_events.mkdir(parents=True)
+    rng = np.random.default_rng([config.seed, 7])
+    users = _users(config, rng)
+    events = _arrivals(_events(users, config, rng), config, rng)
+    _write_users(paths, users, config)
+    return _write_drops(paths, events, config)
