@@ -76,12 +76,12 @@ def build_snapshots(today: date, with_stale: bool = True) -> pd.DataFrame:
     return snapshots
 
 
-def build_accounts(today: date, built_at: datetime) -> pd.DataFrame:
+def build_accounts(snapshots: pd.DataFrame, built_at: datetime) -> pd.DataFrame:
     """Open from 2025 for every user with snapshots but NO_ACCOUNT_USER; closing rows for the closed users."""
-    yesterday = pd.Timestamp(today - timedelta(days=1), tz="UTC") + pd.Timedelta(hours=9, minutes=30)
+    yesterday = pd.Timestamp(built_at.date() - timedelta(days=1), tz="UTC") + pd.Timedelta(hours=9, minutes=30)
     just_closed = pd.Timestamp(built_at.replace(microsecond=0) - timedelta(minutes=1))
     closed = dict.fromkeys(CLOSED_USERS, yesterday) | {JUST_CLOSED_USER: just_closed}
-    users = [user for user in SNAPSHOT_USERS if user != NO_ACCOUNT_USER]
+    users = [user for user in snapshots["user_id"].unique().tolist() if user != NO_ACCOUNT_USER]
     return random_accounts(users, seed=13, closed=closed)
 
 
@@ -107,9 +107,8 @@ def make_world(
         model_poll_seconds=0.3,
     )
     built_at = datetime.now(UTC)
-    today = built_at.date()
-    snapshots = build_snapshots(today, with_stale)
-    accounts = build_accounts(today, built_at)
+    snapshots = build_snapshots(built_at.date(), with_stale)
+    accounts = build_accounts(snapshots, built_at)
     write_features(settings.paths, snapshots, accounts)
     apply_repo(settings)
     if with_stale:
