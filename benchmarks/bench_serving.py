@@ -28,7 +28,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -39,9 +39,10 @@ from churn_common.names import FEATURE_SERVICE
 from churn_common.online import read_online
 from churn_common.settings import PROJECT_ROOT, Settings
 from churn_common.store import apply_repo, feature_store
+from jobs.materialize import materialize
 from serving.app import create_app
 from serving.features import make_reader, redis_pipe
-from tests.feature_repo.factories import random_snapshots, write_snapshots
+from tests.feature_repo.factories import random_accounts, random_snapshots, with_accounts, write_features
 from tests.serving.world import (
     World,
     delete_project_keys,
@@ -74,14 +75,16 @@ def build_world(root: Path, users: int) -> World:
         redis_db=REDIS_DB,
         mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
     )
-    today = datetime.now(UTC).date()
+    today = settings.clock().date()
     snapshots = random_snapshots(range(1, users + 1), [today - timedelta(days=d) for d in (2, 1)], seed=5)
-    write_snapshots(snapshots, settings.paths.snapshots)
-    store = apply_repo(settings)
+    accounts = random_accounts(range(1, users + 1), seed=5)  # every account open: every user is scored
+    write_features(settings.paths, snapshots, accounts)
+    apply_repo(settings)
     with warnings.catch_warnings():
+        # ibis (under Feast's DuckDB offline store) calls a DuckDB method DuckDB deprecated; not ours to fix.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="ibis")
-        store.materialize(datetime.now(UTC) - timedelta(days=10), datetime.now(UTC))
-    world = World(settings, snapshots)
+        materialize(settings)
+    world = World(settings, with_accounts(snapshots, accounts), accounts)
     register_champion(world, train_model(world, seed=1))
     return world
 
@@ -119,7 +122,7 @@ def reader_micro(world: World, users: int, rounds: int = 300) -> tuple[float, fl
     """Median µs per single-user read: the direct Redis reader vs Feast's get_online_features (read_online)."""
     store = feature_store(world.settings)
     service = store.get_feature_service(FEATURE_SERVICE)
-    now = datetime.now(UTC)
+    now = world.settings.clock()
 
     async def direct() -> list[float]:
         pipe = redis_pipe(store, timeout_s=1.0)

@@ -12,6 +12,7 @@ from fastapi.telemetry import TelemetryConfig
 from feast import FeatureService, FeatureStore
 from threadpoolctl import threadpool_limits
 
+from churn_common.population import PopulationRule
 from churn_common.settings import Settings
 from churn_common.store import feature_store
 from serving.auth import require_token
@@ -40,9 +41,10 @@ def _build_state(settings: Settings, metrics: ServingMetrics, score_cache_size: 
     def reader_factory(store: FeatureStore, service: FeatureService) -> FeatureReader:
         return make_reader(store, service, pipe, timeout_s)
 
-    loader = ChampionLoader(settings.tracking_uri, store, reader_factory, score_cache_size)
+    rule = PopulationRule(settings.active_window_days)
+    loader = ChampionLoader(settings.tracking_uri, store, reader_factory, rule, score_cache_size)
     slots = asyncio.Semaphore(settings.max_concurrency)
-    return ServingState(settings, metrics, store, pipe, loader, ChampionHolder(), slots)
+    return ServingState(settings, metrics, store, pipe, loader, ChampionHolder(), slots, settings.clock)
 
 
 def _lifespan(settings: Settings, metrics: ServingMetrics, score_cache_size: int):

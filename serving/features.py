@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 import hiredis
@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 _INT64_VALUE_HEADER = int(ValueType.INT64).to_bytes(4, "little") + (8).to_bytes(4, "little")
 _SCAN_PAGES, _SCAN_PAGE_SIZE, _SAMPLE_KEYS = 10, 1000, 100
 DECODE_CACHE_SIZE = 100_000
+_View = TypeVar("_View")
 
 
 class FeatureReader(Protocol):
@@ -185,7 +186,7 @@ class RedisFeatureReader:
         keys = await self._sample_keys()
         if not keys:
             return None
-        fields = [view.ts_field for view in self._views]
+        fields = [view.ts_field for view in _snapshot_views(self._views, lambda view: view.ttl)]
         payload = b"".join(hiredis.pack_command(("HMGET", key, *fields)) for key in keys)
         stamps = [self._stamps[raw] for row in await self._pipe.execute(payload, len(keys)) for raw in row]
         return max((stamp for stamp in stamps if stamp is not None), default=None)
@@ -211,8 +212,9 @@ class FeastFeatureReader:
         self._service = service
         self._reader = OnlineReader(store, service)
         self._timeout_s = timeout_s
-        # Feast's first read loads the registry and opens the store: paid here, not within a request's timeout.
-        self._reader.read([0], datetime.now(UTC))
+        # Feast's first read loads the registry and opens the store: paid here, not within a request's timeout. Its
+        # answer is dropped, so the instant the ttl rule is applied at does not matter.
+        self._reader.read([0], _NEVER)
         self._newest: datetime | None = None
 
     async def read(self, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]:
@@ -233,14 +235,20 @@ class FeastFeatureReader:
         return self._newest
 
 
+def _snapshot_views(views: Sequence[_View], ttl: Callable[[_View], timedelta | None]) -> list[_View]:
+    """The views whose age is the features' age: those that expire. A view without a ttl (the account history)
+    holds changes, whose newest time says nothing about how current the snapshots are."""
+    return [view for view in views if ttl(view)] or list(views)
+
+
 def _sqlite_newest(store: FeatureStore, service: FeatureService) -> datetime | None:
-    """The oldest of the views' newest snapshot times in Feast's SQLite tables (one table per project and view)."""
+    """The oldest of the snapshot views' newest times in Feast's SQLite tables (one table per project and view)."""
     path = Path(store.config.online_store.path)
     database = path if path.is_absolute() else Path(store.repo_path) / path
+    projections = _snapshot_views(service.feature_view_projections, lambda p: store.get_feature_view(p.name).ttl)
     with closing(sqlite3.connect(database)) as con:
         newest = [
-            con.execute(f'SELECT max(event_ts) FROM "{store.project}_{p.name}"').fetchone()[0]
-            for p in service.feature_view_projections
+            con.execute(f'SELECT max(event_ts) FROM "{store.project}_{p.name}"').fetchone()[0] for p in projections
         ]
     return None if not newest or None in newest else datetime.fromtimestamp(min(newest), UTC)
 

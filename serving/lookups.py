@@ -1,6 +1,6 @@
 """Single-user lookups for /predict, gathered: the users asked for by the requests that arrived together are read
-in one Redis round trip and the scorable ones scored in one model call, and each request resumes once, with its
-vector and score.
+in one Redis round trip, the population rule decides each user's status, the scored ones are scored in one model
+call, and each request resumes once, with its vector, status and score.
 
 At most two batches are in flight; requests arriving meanwhile gather for the next, which starts as one ends (group
 commit). Under load batches grow by themselves instead of the loop keeping many small ones in flight: at 32
@@ -15,16 +15,17 @@ with a future and bookkeeping at each: ~7 % of the server's CPU per request. Her
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from itertools import compress
 
 from churn_common.online import OnlineVector
+from churn_common.population import Status
 from serving.metrics import ServingMetrics
 from serving.model_loader import Champion
-from serving.prediction import read_vectors, scorable, score
+from serving.prediction import population_status, read_vectors, score
 from serving.scoring import Scored
 
 MAX_BATCHES_IN_FLIGHT = 2
@@ -33,7 +34,8 @@ MAX_BATCHES_IN_FLIGHT = 2
 @dataclass(frozen=True)
 class Lookup:
     vector: OnlineVector
-    scored: Scored | None  # None when the vector cannot be scored (unknown user, nothing fresh)
+    status: Status  # the population rule's verdict at ``now``
+    scored: Scored | None  # None unless the status is SCORED
     now: datetime  # the instant the ttl rule was applied at
 
 
@@ -41,9 +43,10 @@ class Lookups:
     """One champion's gathered lookups. A failed read or model call fails every request of its batch with the
     error itself (FeatureStoreUnavailable for Redis); the next batch starts afresh."""
 
-    def __init__(self, champion: Champion, metrics: ServingMetrics) -> None:
+    def __init__(self, champion: Champion, metrics: ServingMetrics, clock: Callable[[], datetime]) -> None:
         self.champion = champion
         self._metrics = metrics
+        self._clock = clock
         self._ids: list[int] = []
         self._waiters: list[asyncio.Future[Lookup]] = []
         self._in_flight: set[asyncio.Task] = set()  # held here: the loop keeps only weak references to tasks
@@ -67,14 +70,15 @@ class Lookups:
         batch.add_done_callback(partial(self._settle, waiters))
 
     async def _run(self, ids: Sequence[int], waiters: Sequence[asyncio.Future[Lookup]]) -> None:
-        now = datetime.now(UTC)
+        now = self._clock()
         vectors = await read_vectors(self.champion, self._metrics, ids, now)
-        usable = [scorable(vector, self.champion.view_count) for vector in vectors]
-        scores = iter(await score(self.champion, list(compress(vectors, usable))))
-        for waiter, vector, ok in zip(waiters, vectors, usable, strict=True):
+        statuses = [population_status(self.champion, vector) for vector in vectors]
+        scored = [user_status is Status.SCORED for user_status in statuses]
+        scores = iter(await score(self.champion, list(compress(vectors, scored))))
+        for waiter, vector, user_status, ok in zip(waiters, vectors, statuses, scored, strict=True):
             result = next(scores) if ok else None
             if not waiter.done():  # its request went away meanwhile
-                waiter.set_result(Lookup(vector, result, now))
+                waiter.set_result(Lookup(vector, user_status, result, now))
 
     def _settle(self, waiters: Sequence[asyncio.Future[Lookup]], task: asyncio.Task) -> None:
         """Hands a failed batch's error to each of its requests still waiting, and starts the next batch."""

@@ -13,6 +13,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from churn_common.online import OnlineVector
+from churn_common.population import Status
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _READ_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
@@ -37,7 +38,12 @@ class ServingMetrics:
             "churn_prediction_probability", "Predicted churn probability", (), _PROBABILITY_BUCKETS
         )
         self.risk_band = LoopCounter("churn_predictions_by_risk_band", "Predictions by risk band", ("band",))
-        for collector in (self.requests, self.probability, self.risk_band):
+        self.by_status = LoopCounter(
+            "churn_predictions_by_status",
+            "Users answered, by population status (scored, closed, inactive: 200; unknown: 404; stale: 503)",
+            ("status",),
+        )
+        for collector in (self.requests, self.probability, self.risk_band, self.by_status):
             r.register(collector)
         self.missing = Counter(
             "churn_missing_feature_views", "Feature views absent for a scored user", ["view"], registry=r
@@ -87,7 +93,11 @@ class ServingMetrics:
         if newest is not None:
             self.freshness.set((now - newest).total_seconds())
 
+    def observe_status(self, status: Status) -> None:
+        self.by_status.inc((status.value,))
+
     def observe_prediction(self, probability: float, band: str) -> None:
+        """A scored user's probability and band; users the rule does not score are counted by status only."""
         self.probability.observe((), probability)
         self.risk_band.inc((band,))
 

@@ -24,6 +24,7 @@ from churn_common.errors import ChurnError, ConfigurationError, ModelNotFound, T
 from churn_common.feature_frame import ServiceSchema, service_schema
 from churn_common.model import ChurnModel
 from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE_TAG, REGISTERED_MODEL
+from churn_common.population import PopulationRule, Status
 from churn_common.store import get_feature_service
 from serving.features import FeatureReader
 from serving.metrics import ServingMetrics
@@ -71,9 +72,19 @@ class Champion:
     feature_service: str
     schema: ServiceSchema
     reader: FeatureReader
-    view_count: int
     scores: ScoreCache
     scorer: BatchScorer
+    rule: PopulationRule  # who is scored; the service provides the features it reads
+
+    @cached_property
+    def unscored_detail(self) -> dict[Status, str]:
+        """Why a closed or inactive user gets no probability, in plain words."""
+        days, feature = self.rule.active_window_days, self.rule.activity_feature
+        return {
+            Status.CLOSED: "the account is closed: only open accounts are scored",
+            Status.INACTIVE: f"no activity in the last {days} days ({feature} is 0): users inactive that long "
+            "have already churned, and the model does not score them",
+        }
 
     @cached_property
     def model_ref(self) -> dict[str, str]:
@@ -96,13 +107,15 @@ ReaderFactory = Callable[[FeatureStore, FeatureService], FeatureReader]
 
 
 class ChampionLoader:
-    """Resolves ``models:/<name>@champion`` and builds a Champion from it (blocking; run in a thread)."""
+    """Resolves ``models:/<name>@champion`` and builds a Champion from it (blocking; run in a thread); a version
+    whose FeatureService lacks what ``rule`` reads does not load."""
 
     def __init__(
         self,
         tracking_uri: str,
         store: FeatureStore,
         make_reader: ReaderFactory,
+        rule: PopulationRule,
         score_cache_size: int = SCORE_CACHE_SIZE,
     ) -> None:
         # Both URIs explicitly: MlflowClient otherwise takes the registry URI last set anywhere in the process.
@@ -111,6 +124,7 @@ class ChampionLoader:
         self._tracking_uri = tracking_uri
         self._store = store
         self._make_reader = make_reader
+        self._rule = rule
 
     def champion_version(self) -> ModelVersion:
         try:
@@ -128,11 +142,8 @@ class ChampionLoader:
         self._store.refresh_registry()
         service = get_feature_service(self._store, service_name)
         schema = service_schema(service)
-        unknown = sorted(set(model.feature_names) - set(schema.features))
-        if unknown:
-            raise ConfigurationError(f"model {version.version} needs features {unknown} not in {service_name}")
+        self._check_service(version, model, service_name, schema)
         reader = self._make_reader(self._store, service)
-        views = len(service.feature_view_projections)
         scorer, scores = scorer_for(model, schema), ScoreCache(self._score_cache_size)
         return Champion(
             model,
@@ -142,10 +153,22 @@ class ChampionLoader:
             service_name,
             schema,
             reader,
-            views,
             scores,
             scorer,
+            self._rule,
         )
+
+    def _check_service(
+        self, version: ModelVersion, model: ChurnModel, service_name: str, schema: ServiceSchema
+    ) -> None:
+        """The service must provide the model's inputs and the features the population rule reads."""
+        unknown = sorted(set(model.feature_names) - set(schema.features))
+        if unknown:
+            raise ConfigurationError(f"model {version.version} needs features {unknown} not in {service_name}")
+        try:
+            self._rule.require(schema.features)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"model {version.version} cannot be served from {service_name}: {exc}") from exc
 
     def _load_model(self, version: ModelVersion) -> ChurnModel:
         uri = f"models:/{version.name}/{version.version}"

@@ -1,4 +1,4 @@
-"""From online vectors to predictions: the checks a vector must pass, scoring, reasons and the response body."""
+"""From online vectors to predictions: the population rule, scoring, reasons and the response body."""
 
 import time
 from collections.abc import Sequence
@@ -9,6 +9,7 @@ from fastapi import HTTPException, status
 from pydantic_core import to_json
 
 from churn_common.online import OnlineVector
+from churn_common.population import Status
 from serving.metrics import ServingMetrics
 from serving.model_loader import Champion
 from serving.schemas import PredictionError
@@ -26,24 +27,26 @@ async def read_vectors(
     return vectors
 
 
-def scorable(vector: OnlineVector, view_count: int) -> bool:
-    """Known, with at least one view fresh: what check_vector lets through."""
-    return vector.as_of is not None and len(vector.stale_views) + len(vector.missing_views) < view_count
+def population_status(champion: Champion, vector: OnlineVector) -> Status:
+    """The population rule on an online vector. The snapshot is fresh when no view is stale or missing: the views
+    share one snapshot row, and the account view (no ttl) decides first, as unknown or closed."""
+    account, activity = champion.rule.reads
+    return champion.rule.status(vector.features[account], vector.usable, vector.features[activity])
 
 
-def check_vector(vector: OnlineVector, view_count: int, now: datetime) -> None:
-    """Raise the HTTP error a vector that is not ``scorable`` deserves: unknown user (404) or nothing fresh enough to
-    score (503)."""
-    if scorable(vector, view_count):
-        return
-    if vector.as_of is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {vector.user_id} has no features online")
-    age = now - vector.as_of
-    raise HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        f"features of user {vector.user_id} are stale: newest snapshot is {age.total_seconds():.0f}s old "
-        f"({vector.as_of.isoformat()}), older than the feature views' ttl",
-    )
+def check_answerable(vector: OnlineVector, user_status: Status, now: datetime) -> None:
+    """Raise the HTTP error of a user /predict answers without a body: unknown (404) or stale (503)."""
+    if user_status is Status.UNKNOWN:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {vector.user_id} is unknown: no account online")
+    if user_status is Status.STALE:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, _stale_detail(vector, now))
+
+
+def _stale_detail(vector: OnlineVector, now: datetime) -> str:
+    problems = [f"{', '.join(vector.stale_views)} outside their ttl"] if vector.stale_views else []
+    problems += [f"no row in {', '.join(vector.missing_views)}"] if vector.missing_views else []
+    newest = "" if vector.as_of is None else f"; newest feature time {vector.as_of.isoformat()}"
+    return f"features of user {vector.user_id} are stale at {now.isoformat()}: {'; '.join(problems)}{newest}"
 
 
 async def score(champion: Champion, vectors: Sequence[OnlineVector]) -> list[Scored]:
@@ -63,22 +66,29 @@ async def score(champion: Champion, vectors: Sequence[OnlineVector]) -> list[Sco
     return [fresh[i] if result is None else result for i, result in enumerate(cached)]
 
 
-def prediction_body(champion: Champion, vector: OnlineVector, scored: Scored) -> dict[str, Any]:
-    """A Prediction's fields as plain data. /predict serialises them with pydantic-core directly: building and
-    validating the model first doubled the cost of the response (tests check every body against Prediction)."""
+def prediction_body(
+    champion: Champion, vector: OnlineVector, user_status: Status, scored: Scored | None
+) -> dict[str, Any]:
+    """A Prediction's fields as plain data: ``scored`` for a scored user, None for a closed or inactive one. /predict
+    serialises them with pydantic-core directly: building and validating the model first doubled the cost of the
+    response (tests check every body against Prediction)."""
+    if scored is None:
+        detail = champion.unscored_detail[user_status]
+        outcome = {"churn_probability": None, "risk_band": None, "reasons": (), "detail": detail}
+    else:
+        outcome = {"churn_probability": scored.probability, "risk_band": scored.band, "reasons": scored.reasons}
     return {
         "user_id": vector.user_id,
-        "churn_probability": scored.probability,
-        "risk_band": scored.band,
-        "reasons": scored.reasons,
+        "status": user_status,
+        **outcome,
         "model": champion.model_ref,
         "features_as_of": vector.as_of,
         "feature_service": champion.feature_service,
     }
 
 
-def prediction_json(champion: Champion, vector: OnlineVector, scored: Scored) -> bytes:
-    return to_json(prediction_body(champion, vector, scored))
+def prediction_json(champion: Champion, vector: OnlineVector, user_status: Status, scored: Scored | None) -> bytes:
+    return to_json(prediction_body(champion, vector, user_status, scored))
 
 
 def error_entry(user_id: int, exc: HTTPException) -> PredictionError:

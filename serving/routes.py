@@ -1,7 +1,7 @@
 """HTTP routes: predictions, health, readiness and metrics."""
 
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response, params, status
@@ -9,9 +9,18 @@ from fastapi.routing import APIRoute
 
 from churn_common.errors import FeatureStoreUnavailable
 from churn_common.online import OnlineVector
+from churn_common.population import Status
 from serving.deps import HolderDep, MetricsDep, SettingsDep, StateDep, require_champion
 from serving.model_loader import Champion
-from serving.prediction import check_vector, error_entry, prediction_body, prediction_json, read_vectors, score
+from serving.prediction import (
+    check_answerable,
+    error_entry,
+    population_status,
+    prediction_body,
+    prediction_json,
+    read_vectors,
+    score,
+)
 from serving.query import USER_ID_OPENAPI, VALIDATION_ERROR_RESPONSE, user_id_of
 from serving.schemas import (
     MAX_USER_ID,
@@ -24,13 +33,32 @@ from serving.schemas import (
     PredictionError,
     Readiness,
 )
+from serving.scoring import Scored
 from serving.state import ServingState
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "API token required and missing or wrong"},
-    503: {"model": ErrorBody, "description": "No model loaded, online store unavailable, or features stale"},
+    503: {
+        "model": ErrorBody,
+        "description": "No model loaded, online store unavailable, or the user's features stale (status stale: "
+        "the platform, not the user, is behind)",
+    },
 }
-_NOT_FOUND = {404: {"model": ErrorBody, "description": "The user has no features online"}}
+_ANSWERED = {
+    200: {
+        "description": "status scored: churn_probability, risk_band and reasons. status closed (account closed) or "
+        "inactive (no activity in the trailing window): outside the scored population, so churn_probability and "
+        "risk_band are null, reasons is empty and detail says why"
+    }
+}
+_NOT_FOUND = {404: {"model": ErrorBody, "description": "Unknown user (status unknown): no account online"}}
+_BATCH_ANSWERED = {
+    200: {
+        "description": "One entry per id: a Prediction (status scored, closed or inactive, as /predict answers "
+        "with 200) or a PredictionError with the status code /predict would have given (404 unknown, 503 stale, "
+        "422 invalid id)"
+    }
+}
 _BATCH_TOO_BIG = {422: {"description": "Invalid body or more ids than the batch limit"}}
 _NOT_READY = {503: {"model": Readiness, "description": "Not ready; reasons say why"}}
 _EXPOSITION = {200: {"content": {"text/plain": {}}}}
@@ -53,9 +81,11 @@ async def predict(request: Request) -> Response:
             found = await state.lookups(champion)(user_id)
         except FeatureStoreUnavailable as exc:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
-    check_vector(found.vector, champion.view_count, found.now)
-    state.metrics.observe_prediction(found.scored.probability, found.scored.band)
-    return Response(prediction_json(champion, found.vector, found.scored), media_type="application/json")
+    state.metrics.observe_status(found.status)
+    check_answerable(found.vector, found.status, found.now)
+    if found.scored is not None:
+        state.metrics.observe_prediction(found.scored.probability, found.scored.band)
+    return Response(prediction_json(champion, found.vector, found.status, found.scored), media_type="application/json")
 
 
 async def predict_batch(body: BatchRequest, state: StateDep, settings: SettingsDep, holder: HolderDep) -> BatchResponse:
@@ -65,39 +95,48 @@ async def predict_batch(body: BatchRequest, state: StateDep, settings: SettingsD
             f"{len(body.user_ids)} ids requested; at most {settings.batch_max_ids} per batch",
         )
     champion = require_champion(holder)
-    now = datetime.now(UTC)
+    now = state.clock()
     valid = [user_id for user_id in body.user_ids if 0 < user_id <= MAX_USER_ID]
     async with state.slots:
         vectors = {vector.user_id: vector for vector in await _read(state, champion, valid, now)} if valid else {}
-        results = await _batch_results(champion, body.user_ids, vectors, now)
-    for result in results:
-        if isinstance(result, Prediction):
-            state.metrics.observe_prediction(result.churn_probability, result.risk_band)
-    return BatchResponse(results=results)
+        answers = await _batch_answers(champion, vectors, now)
+    entries = [answers.get(user_id) or (None, _invalid(user_id)) for user_id in body.user_ids]
+    for user_status, entry in entries:
+        if user_status is not None:  # an invalid id is no user: it has no status
+            state.metrics.observe_status(user_status)
+        if user_status is Status.SCORED:
+            state.metrics.observe_prediction(entry.churn_probability, entry.risk_band)
+    return BatchResponse(results=[entry for _, entry in entries])
 
 
-async def _batch_results(
-    champion: Champion, user_ids: Sequence[int], vectors: dict[int, OnlineVector], now: datetime
-) -> list[Prediction | PredictionError]:
-    errors: dict[int, PredictionError] = {}
+def _invalid(user_id: int) -> PredictionError:
+    return PredictionError(user_id=user_id, status=422, detail="user_id must be in [1, 2**63)")
+
+
+async def _batch_answers(
+    champion: Champion, vectors: dict[int, OnlineVector], now: datetime
+) -> dict[int, tuple[Status, Prediction | PredictionError]]:
+    """Per user read, the rule's status and the entry /predict would have answered with."""
+    answers: dict[int, tuple[Status, Prediction | PredictionError]] = {}
     scorable: list[OnlineVector] = []
-    for user_id in dict.fromkeys(user_ids):
-        vector = vectors.get(user_id)
-        if vector is None:
-            errors[user_id] = PredictionError(user_id=user_id, status=422, detail="user_id must be in [1, 2**63)")
-            continue
+    for user_id, vector in vectors.items():
+        user_status = population_status(champion, vector)
         try:
-            check_vector(vector, champion.view_count, now)
+            check_answerable(vector, user_status, now)
         except HTTPException as exc:
-            errors[user_id] = error_entry(user_id, exc)
+            answers[user_id] = user_status, error_entry(user_id, exc)
             continue
-        scorable.append(vector)
-    results = zip(scorable, await score(champion, scorable), strict=True)
-    scored = {
-        vector.user_id: Prediction.model_validate(prediction_body(champion, vector, result))
-        for vector, result in results
-    }
-    return [scored.get(user_id) or errors[user_id] for user_id in user_ids]
+        if user_status is Status.SCORED:
+            scorable.append(vector)
+        else:
+            answers[user_id] = user_status, _entry(champion, vector, user_status, None)
+    for vector, result in zip(scorable, await score(champion, scorable), strict=True):
+        answers[vector.user_id] = Status.SCORED, _entry(champion, vector, Status.SCORED, result)
+    return answers
+
+
+def _entry(champion: Champion, vector: OnlineVector, user_status: Status, scored: Scored | None) -> Prediction:
+    return Prediction.model_validate(prediction_body(champion, vector, user_status, scored))
 
 
 async def health() -> Health:
@@ -124,7 +163,7 @@ async def _feature_age(state: ServingState, champion: Champion) -> tuple[float |
         return None, str(exc)
     if newest is None:
         return None, "no online features found for this project; run `churn materialize`"
-    age = (datetime.now(UTC) - newest).total_seconds()
+    age = (state.clock() - newest).total_seconds()
     state.metrics.freshness.set(age)
     slo = state.settings.freshness_slo_seconds
     return age, (f"newest features are {age:.0f}s old, over the {slo}s freshness SLO" if age > slo else None)
@@ -157,12 +196,13 @@ def add_routes(app: FastAPI, guards: Sequence[params.Depends]) -> None:
         "/predict",
         predict,
         response_model=Prediction,
-        responses=_ERRORS | _NOT_FOUND | VALIDATION_ERROR_RESPONSE,
+        responses=_ANSWERED | _ERRORS | _NOT_FOUND | VALIDATION_ERROR_RESPONSE,
         dependencies=guards,
         openapi_extra=USER_ID_OPENAPI,
         route_class_override=RequestRoute,
     )
-    add("/predict/batch", predict_batch, methods=["POST"], responses=_ERRORS | _BATCH_TOO_BIG, dependencies=guards)
+    batch_responses = _BATCH_ANSWERED | _ERRORS | _BATCH_TOO_BIG
+    add("/predict/batch", predict_batch, methods=["POST"], responses=batch_responses, dependencies=guards)
     add("/health", health)
     add("/ready", ready, responses=_NOT_READY)
     add("/metrics", metrics, response_class=Response, responses=_EXPOSITION)

@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from churn_common.population import Status
+
 # Feast keys users by a signed 64-bit integer; anything outside (0, 2**63) cannot name a user.
 MAX_USER_ID = 2**63 - 1
 
@@ -22,11 +24,27 @@ class ModelRef(BaseModel):
     alias: str
 
 
+# The statuses /predict answers with 200; an unknown user is a 404 and a stale one a 503 (churn_common.population).
+Answered = Literal[Status.SCORED, Status.CLOSED, Status.INACTIVE]
+
+
 class Prediction(BaseModel):
+    """A user's answer. Only ``scored`` users get a probability: the model is trained on the population the rule in
+    churn_common.population defines, and closed or long-inactive accounts are outside it."""
+
     user_id: int
-    churn_probability: float = Field(ge=0, le=1)
-    risk_band: str
-    reasons: list[Reason]
+    status: Answered = Field(
+        description="scored: in the scored population, probability given; closed: the account is closed; "
+        "inactive: no activity in the trailing window (Settings.active_window_days). For closed and inactive, "
+        "churn_probability and risk_band are null, reasons is empty and detail says why"
+    )
+    churn_probability: float | None = Field(ge=0, le=1, description="Null unless status is scored")
+    risk_band: str | None = Field(description="Null unless status is scored")
+    reasons: list[Reason] = Field(description="Empty unless status is scored")
+    # Left out of a scored body rather than null: a scored answer is exactly what it was before statuses existed.
+    detail: str | None = Field(
+        None, exclude_if=lambda detail: detail is None, description="Why the user is not scored; absent when scored"
+    )
     model: ModelRef
     features_as_of: datetime | None = Field(description="Newest feature snapshot used for this user")
     feature_service: str
@@ -38,7 +56,10 @@ class BatchRequest(BaseModel):
 
 class PredictionError(BaseModel):
     user_id: int
-    status: int = Field(description="The HTTP status a single /predict for this id would have returned")
+    status: int = Field(
+        description="The HTTP status a single /predict for this id would have returned: 404 unknown user, "
+        "503 stale features, 422 invalid id"
+    )
     detail: str
 
 

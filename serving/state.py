@@ -1,7 +1,9 @@
 """What the app holds between requests, built in the lifespan and reached through the dependencies."""
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from feast import FeatureStore
 
@@ -22,10 +24,12 @@ class ServingState:
     holder: ChampionHolder
     # Bounds in-flight scoring so overload queues here instead of stretching every request's latency.
     slots: asyncio.Semaphore
+    # The instant freshness is judged at: Settings.clock, so a frozen CHURN_NOW serves a simulated day.
+    clock: Callable[[], datetime]
     _lookups: Lookups | None = None
 
     def lookups(self, champion: Champion) -> Lookups:
         """The gathered lookups of ``champion``, new ones after a swap (a batch in flight finishes with the old)."""
         if self._lookups is None or self._lookups.champion is not champion:
-            self._lookups = Lookups(champion, self.metrics)
+            self._lookups = Lookups(champion, self.metrics, self.clock)
         return self._lookups

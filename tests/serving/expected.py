@@ -1,4 +1,5 @@
-"""Expected answers computed straight from the snapshot rows the test wrote, without Feast or the API."""
+"""Expected answers computed straight from the rows the test wrote (snapshots with the account attributes valid at
+their time, as the world holds them), without Feast or the API."""
 
 import pandas as pd
 

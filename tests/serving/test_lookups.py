@@ -6,7 +6,7 @@ others."""
 import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -14,6 +14,7 @@ from churn_common.errors import FeatureStoreUnavailable
 from churn_common.feature_frame import service_schema
 from churn_common.names import FEATURE_SERVICE
 from churn_common.online import OnlineVector
+from churn_common.population import PopulationRule, Status
 from churn_common.store import feature_store
 from serving.features import FeatureReader, make_reader, redis_pipe
 from serving.lookups import MAX_BATCHES_IN_FLIGHT, Lookup, Lookups
@@ -22,10 +23,43 @@ from serving.model_loader import Champion, ChampionLoader
 from serving.redis_pipe import RedisAddress, RedisPipe
 from serving.scoring import BatchScorer, Scored
 from tests.serving.expected import expected_prediction
-from tests.serving.world import FRESH_USERS, STALE_USERS, UNKNOWN_USER, World, free_port
+from tests.serving.world import (
+    CLOSED_USERS,
+    FRESH_USERS,
+    INACTIVE_USERS,
+    STALE_USERS,
+    UNKNOWN_USER,
+    World,
+    free_port,
+)
 
 pytestmark = pytest.mark.redis
-USERS = [FRESH_USERS[0], STALE_USERS[0], FRESH_USERS[1], UNKNOWN_USER, FRESH_USERS[2]]
+USERS = [
+    FRESH_USERS[0],
+    STALE_USERS[0],
+    CLOSED_USERS[0],
+    FRESH_USERS[1],
+    UNKNOWN_USER,
+    INACTIVE_USERS[0],
+    FRESH_USERS[2],
+]
+STATUSES = [
+    Status.SCORED,
+    Status.STALE,
+    Status.CLOSED,
+    Status.SCORED,
+    Status.UNKNOWN,
+    Status.INACTIVE,
+    Status.SCORED,
+]
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def lookups_of(champion: Champion, clock: Callable[[], datetime] = wall_clock) -> Lookups:
+    return Lookups(champion, ServingMetrics(), clock)
 
 
 class RecordingReader:
@@ -45,8 +79,9 @@ class RecordingReader:
 
 def load_champion(world: World, pipe: RedisPipe, wrap: Callable[[FeatureReader], FeatureReader]) -> Champion:
     store = feature_store(world.settings)
+    rule = PopulationRule(world.settings.active_window_days)
     loader = ChampionLoader(
-        world.settings.tracking_uri, store, lambda s, service: wrap(make_reader(s, service, pipe, 5.0)), 0
+        world.settings.tracking_uri, store, lambda s, service: wrap(make_reader(s, service, pipe, 5.0)), rule, 0
     )
     return loader.load(loader.champion_version())
 
@@ -68,7 +103,7 @@ def test_one_iterations_requests_share_one_read_and_one_model_call(world: World)
             return model_call(vectors)
 
         champion = with_model_call(champion, recording)
-        lookups = Lookups(champion, ServingMetrics())
+        lookups = lookups_of(champion)
         try:
             return champion, await asyncio.gather(*(lookups(user_id) for user_id in USERS))
         finally:
@@ -77,8 +112,10 @@ def test_one_iterations_requests_share_one_read_and_one_model_call(world: World)
     champion, found = asyncio.run(scenario())
 
     assert champion.reader.reads == [USERS]
+    # Only the users the population rule scores reach the model.
     assert calls == [[FRESH_USERS[0], FRESH_USERS[1], FRESH_USERS[2]]]
     assert [lookup.vector.user_id for lookup in found] == USERS
+    assert [lookup.status for lookup in found] == STATUSES
     assert len({lookup.now for lookup in found}) == 1
     schema = service_schema(feature_store(world.settings).get_feature_service(FEATURE_SERVICE))
     for lookup in found:
@@ -88,7 +125,7 @@ def test_one_iterations_requests_share_one_read_and_one_model_call(world: World)
             assert [r["feature"] for r in lookup.scored.reasons] == [r["feature"] for r in expected["reasons"]]
         else:
             assert lookup.scored is None
-    assert found[1].vector.stale_views and found[3].vector.as_of is None
+    assert found[1].vector.stale_views and found[4].vector.as_of is None
 
 
 def test_requests_arriving_while_batches_are_in_flight_go_together_in_the_next(world: World):
@@ -103,7 +140,7 @@ def test_requests_arriving_while_batches_are_in_flight_go_together_in_the_next(w
     async def scenario() -> tuple[list[list[int]], list[list[int]], list[Lookup]]:
         pipe = redis_pipe(feature_store(world.settings), timeout_s=5.0)
         champion = load_champion(world, pipe, GatedReader)
-        lookups = Lookups(champion, ServingMetrics())
+        lookups = lookups_of(champion)
         try:
             async with asyncio.timeout(10):
                 requests = []
@@ -138,7 +175,7 @@ def test_a_request_arriving_as_a_batch_ends_starts_one_batch_not_two(world: Worl
     async def scenario() -> tuple[list[list[int]], Lookup, Lookup]:
         pipe = redis_pipe(feature_store(world.settings), timeout_s=5.0)
         champion = load_champion(world, pipe, RecordingReader)
-        lookups = Lookups(champion, ServingMetrics())
+        lookups = lookups_of(champion)
         try:
             async with asyncio.timeout(10):
                 first = await lookups(UNKNOWN_USER)  # resumes before its batch's end is handled
@@ -159,7 +196,7 @@ def test_an_unreachable_store_fails_every_request_of_the_batch(world: World):
     async def scenario() -> list[BaseException | Lookup]:
         # Nothing listens on a fresh free port: the read fails as a stopped Redis would.
         pipe = RedisPipe(RedisAddress("127.0.0.1", free_port()), timeout_s=1.0)
-        lookups = Lookups(load_champion(world, pipe, lambda reader: reader), ServingMetrics())
+        lookups = lookups_of(load_champion(world, pipe, lambda reader: reader))
         async with asyncio.timeout(10):  # a failure that reached no request would leave them waiting
             return await asyncio.gather(*(lookups(user_id) for user_id in USERS[:3]), return_exceptions=True)
 
@@ -181,7 +218,7 @@ def test_a_failed_model_call_fails_its_batch_and_the_next_batch_is_scored(world:
                 raise RuntimeError("model exploded")
             return model_call(vectors)
 
-        lookups = Lookups(with_model_call(champion, sometimes_failing), ServingMetrics())
+        lookups = lookups_of(with_model_call(champion, sometimes_failing))
         try:
             async with asyncio.timeout(10):  # a failure that reached no request would leave them waiting
                 failed = await asyncio.gather(*(lookups(u) for u in FRESH_USERS[:2]), return_exceptions=True)
@@ -200,7 +237,7 @@ def test_a_failed_model_call_fails_its_batch_and_the_next_batch_is_scored(world:
 def test_a_request_that_goes_away_does_not_disturb_its_batch(world: World):
     async def scenario() -> tuple[asyncio.Task, Lookup]:
         pipe = redis_pipe(feature_store(world.settings), timeout_s=5.0)
-        lookups = Lookups(load_champion(world, pipe, lambda reader: reader), ServingMetrics())
+        lookups = lookups_of(load_champion(world, pipe, lambda reader: reader))
         try:
             gone = asyncio.create_task(lookups(FRESH_USERS[0]))
             stays = asyncio.create_task(lookups(FRESH_USERS[1]))
@@ -214,3 +251,23 @@ def test_a_request_that_goes_away_does_not_disturb_its_batch(world: World):
 
     assert gone.cancelled()
     assert stays.vector.user_id == FRESH_USERS[1] and stays.scored is not None
+
+
+def test_the_clock_given_decides_freshness(world: World):
+    """The lookups judge freshness at their clock's instant: five days on, nothing open is fresh any more."""
+    frozen = world.built_at + timedelta(days=5)
+
+    async def scenario() -> list[Lookup]:
+        pipe = redis_pipe(feature_store(world.settings), timeout_s=5.0)
+        lookups = lookups_of(load_champion(world, pipe, lambda reader: reader), lambda: frozen)
+        try:
+            return await asyncio.gather(*(lookups(user_id) for user_id in USERS))
+        finally:
+            await pipe.aclose()
+
+    found = asyncio.run(scenario())
+
+    assert {lookup.now for lookup in found} == {frozen}
+    expected = [Status.STALE if s in (Status.SCORED, Status.INACTIVE) else s for s in STATUSES]
+    assert [lookup.status for lookup in found] == expected
+    assert all(lookup.scored is None for lookup in found)

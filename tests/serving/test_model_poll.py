@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from churn_common.feature_frame import service_schema
 from churn_common.model import ChurnModel
 from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE, REGISTERED_MODEL
+from churn_common.population import PopulationRule
 from churn_common.store import feature_store
 from serving.features import make_reader, redis_pipe
 from serving.metrics import ServingMetrics
@@ -159,8 +160,9 @@ def test_the_poll_loop_survives_a_failing_swap_callback_and_ends_when_cancelled(
 
     async def scenario(original: str) -> tuple[list[str], bool]:
         pipe = redis_pipe(feature_store(world.settings), timeout_s=5.0)
+        store, rule = feature_store(world.settings), PopulationRule(world.settings.active_window_days)
         loader = ChampionLoader(
-            world.settings.tracking_uri, feature_store(world.settings), lambda s, fs: make_reader(s, fs, pipe, 5.0), 0
+            world.settings.tracking_uri, store, lambda s, fs: make_reader(s, fs, pipe, 5.0), rule, 0
         )
         poller = asyncio.create_task(poll_champion(ChampionHolder(), loader, ServingMetrics(), 0.01, on_swap))
         try:

@@ -1,5 +1,6 @@
 """The direct Redis reader against Feast's own online path (``churn_common.online.read_online``), feature by
-feature, for fresh, stale and unknown users, and at instants on both sides of the ttl boundary."""
+feature, for every kind of user the world holds (fresh, stale, closed, inactive, without an account, unknown), and
+at instants on both sides of the ttl boundary."""
 
 import asyncio
 import math
@@ -14,10 +15,10 @@ from churn_common.names import FEATURE_SERVICE, JOIN_KEY
 from churn_common.online import OnlineVector, read_online
 from churn_common.store import feature_store
 from serving.features import RedisFeatureReader, make_reader, redis_pipe
-from tests.serving.world import FRESH_USERS, STALE_USERS, UNKNOWN_USER, World
+from tests.serving.world import FRESH_USERS, NO_ACCOUNT_USER, SNAPSHOT_USERS, STALE_USERS, UNKNOWN_USER, World
 
 pytestmark = pytest.mark.redis
-USERS = [*FRESH_USERS, *STALE_USERS, UNKNOWN_USER]
+USERS = [*SNAPSHOT_USERS, UNKNOWN_USER]
 
 
 def same_value(a, b) -> bool:
@@ -70,7 +71,9 @@ def test_same_vectors_as_feast_now(world: World):
     # Every case the fixture was built for is really exercised.
     assert {bool(v.stale_views) for v in direct if v.user_id in STALE_USERS} == {True}
     assert all(v.usable for v in direct if v.user_id in FRESH_USERS)
-    assert direct[-1].as_of is None and len(direct[-1].missing_views) == 5
+    assert direct[-1].as_of is None and len(direct[-1].missing_views) == 6
+    no_account = direct[USERS.index(NO_ACCOUNT_USER)]
+    assert no_account.missing_views == ("user_account",) and no_account.features["account_status"] is None
     assert any(value is None for v in direct if v.usable for value in v.features.values())
 
 
@@ -83,6 +86,20 @@ def test_same_ttl_rule_as_feast_at_the_boundaries(world: World, offset: timedelt
     assert_same(direct, feast)
     fresh_usable = {v.usable for v in direct if v.user_id in FRESH_USERS}
     assert fresh_usable == {offset == timedelta(days=2)}
+
+
+def test_newest_timestamp_is_the_newest_snapshot(world: World):
+    # The account closed a minute before the build is newer than every snapshot: it is no sign of fresh features.
+    store = feature_store(world.settings)
+
+    async def newest() -> datetime | None:
+        pipe = redis_pipe(store, timeout_s=5.0)
+        try:
+            return await make_reader(store, store.get_feature_service(FEATURE_SERVICE), pipe, 5.0).newest_timestamp()
+        finally:
+            await pipe.aclose()
+
+    assert asyncio.run(newest()) == world.snapshots["event_timestamp"].max().to_pydatetime()
 
 
 @pytest.mark.parametrize("user_id", [1, 255, 256, 2**31, 2**63 - 1])

@@ -16,7 +16,7 @@ TOKEN = "fuzz-token"  # with a token configured, schemathesis also checks that b
 
 @pytest.fixture(scope="module")
 def fresh_server(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A project whose users are all fresh or unknown, so a 503 can only mean a bug."""
+    """A project without stale users (all are scored, closed, inactive or unknown), so a 503 can only mean a bug."""
     project = unique_name("srvs")
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=TEST_REDIS_DB)
     try:

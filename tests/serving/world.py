@@ -1,12 +1,15 @@
 """A real serving world for the tests: the project's feature repo applied to a Feast project of its own on Redis
-db 11, snapshots materialised, and a small ChurnModel registered in a local MLflow as the champion."""
+db 11, snapshots and account history written as a build writes them and materialised by the materialisation job,
+and a small ChurnModel registered in a local MLflow as the champion.
+
+The users cover every answer of the population rule (churn_common.population) on the wall clock of the build:
+scored, closed, inactive, stale and unknown."""
 
 import os
 import socket
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,20 +28,29 @@ from churn_common.model import ChurnModel, RiskThresholds
 from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE, FEATURE_SERVICE_TAG, REGISTERED_MODEL
 from churn_common.settings import PROJECT_ROOT, Settings
 from churn_common.store import apply_repo, feature_store
-from tests.feature_repo.factories import random_snapshots, write_snapshots
+from jobs.materialize import materialize
+from tests.feature_repo.factories import random_accounts, random_snapshots, with_accounts, write_features
 from training.models import LABEL, LOGISTIC, build_pipeline, calibrate, fit
 
-FRESH_USERS = range(1, 41)  # newest snapshot: today 00:00 UTC
-STALE_USERS = range(41, 51)  # newest snapshot: 5 days ago, beyond the 2-day ttl
-UNKNOWN_USER = 10_000
-STRING_FEATURES = ("plan", "country")
+FRESH_USERS = range(1, 41)  # open, active, newest snapshot today 00:00 UTC: scored
+STALE_USERS = range(41, 51)  # open, newest snapshot 5 days ago, beyond the 2-day ttl: 503
+CLOSED_USERS = range(51, 56)  # fresh snapshots, account closed yesterday: 200 closed
+INACTIVE_USERS = range(56, 61)  # open, fresh snapshots with no active day in 7, 14 or 30 days: 200 inactive
+NO_ACCOUNT_USER = 61  # fresh snapshots but no account row: unknown, 404
+JUST_CLOSED_USER = 62  # fresh snapshots, account closed a minute before the build: newer than every snapshot
+UNKNOWN_USER = 10_000  # nothing at all: 404
+SNAPSHOT_USERS = [*FRESH_USERS, *STALE_USERS, *CLOSED_USERS, *INACTIVE_USERS, NO_ACCOUNT_USER, JUST_CLOSED_USER]
+INACTIVE_WINDOWS = (7, 14, 30)
 
 
 @dataclass
 class World:
     settings: Settings
     snapshots: pd.DataFrame
+    """Every snapshot row with the account attributes valid at its time: what the FeatureService joins."""
+    accounts: pd.DataFrame
     model: ChurnModel | None = None  # the champion registered at setup
+    built_at: datetime | None = None  # the wall-clock instant the online store was loaded at
 
 
 def free_port() -> int:
@@ -48,12 +60,29 @@ def free_port() -> int:
 
 
 def build_snapshots(today: date, with_stale: bool = True) -> pd.DataFrame:
+    """Snapshot rows (no account attributes): four days ending today 00:00 for everyone but the stale users, whose
+    four end five days ago."""
     fresh_days = [today - timedelta(days=d) for d in range(4, 0, -1)]
     stale_days = [today - timedelta(days=d) for d in range(9, 5, -1)]
-    frames = [random_snapshots(FRESH_USERS, fresh_days, seed=11)]
+    current = [user for user in SNAPSHOT_USERS if user not in STALE_USERS]
+    frames = [random_snapshots(current, fresh_days, seed=11)]
     if with_stale:
         frames.append(random_snapshots(STALE_USERS, stale_days, seed=12))
-    return pd.concat(frames, ignore_index=True)
+    snapshots = pd.concat(frames, ignore_index=True)
+    inactive = snapshots["user_id"].isin(INACTIVE_USERS)
+    for window in INACTIVE_WINDOWS:
+        snapshots.loc[inactive, f"active_days_{window}d"] = 0
+    snapshots.loc[inactive, "days_since_last_activity"] = 45
+    return snapshots
+
+
+def build_accounts(snapshots: pd.DataFrame, built_at: datetime) -> pd.DataFrame:
+    """Open from 2025 for every user with snapshots but NO_ACCOUNT_USER; closing rows for the closed users."""
+    yesterday = pd.Timestamp(built_at.date() - timedelta(days=1), tz="UTC") + pd.Timedelta(hours=9, minutes=30)
+    just_closed = pd.Timestamp(built_at.replace(microsecond=0) - timedelta(minutes=1))
+    closed = dict.fromkeys(CLOSED_USERS, yesterday) | {JUST_CLOSED_USER: just_closed}
+    users = [user for user in snapshots["user_id"].unique().tolist() if user != NO_ACCOUNT_USER]
+    return random_accounts(users, seed=13, closed=closed)
 
 
 def make_world(
@@ -65,7 +94,9 @@ def make_world(
     tracking_uri: str | None = None,
     with_stale: bool = True,
 ) -> World:
-    """Snapshots written, the feature repo applied and materialised; MLflow on a SQLite file unless given."""
+    """Features written and recorded as a build, the feature repo applied and the build materialised; MLflow on a
+    SQLite file unless given. The stale users' rows reach the online store as they would have: materialised five
+    days ago, when they were current (a first run then), and left there as later builds stopped writing them."""
     settings = Settings(
         data_dir=root / "data",
         feast_project=project,
@@ -75,15 +106,16 @@ def make_world(
         mlflow_tracking_uri=tracking_uri or f"sqlite:///{root / 'mlflow.db'}",
         model_poll_seconds=0.3,
     )
-    snapshots = build_snapshots(datetime.now(UTC).date(), with_stale)
-    write_snapshots(snapshots, settings.paths.snapshots)
-    store = apply_repo(settings)
-    now = datetime.now(UTC)
-    # ibis (under Feast's DuckDB offline store) calls a DuckDB method DuckDB deprecated; not ours to fix.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="ibis")
-        store.materialize(now - timedelta(days=30), now)
-    return World(settings, snapshots)
+    built_at = datetime.now(UTC)
+    snapshots = build_snapshots(built_at.date(), with_stale)
+    accounts = build_accounts(snapshots, built_at)
+    write_features(settings.paths, snapshots, accounts)
+    apply_repo(settings)
+    if with_stale:
+        stale_until = snapshots.loc[snapshots["user_id"].isin(STALE_USERS), "event_timestamp"].max()
+        materialize(settings, end=stale_until.to_pydatetime() + timedelta(hours=1))
+    materialize(settings, end=built_at)
+    return World(settings, with_accounts(snapshots, accounts), accounts, built_at=built_at)
 
 
 def delete_project_keys(client: redis.Redis, project: str) -> None:
@@ -95,17 +127,20 @@ def delete_project_keys(client: redis.Redis, project: str) -> None:
 
 def train_model(world: World, seed: int) -> ChurnModel:
     """A small model of the shape training registers (training.models' logistic pipeline, sigmoid-calibrated) over
-    the service's features (numeric plus two categorical)."""
-    store_schema = service_schema(_feature_service(world.settings))
-    numeric = list(store_schema.numeric_features)
-    names = numeric + list(STRING_FEATURES)
-    frame = normalize(world.snapshots, store_schema).fillna({name: "unknown" for name in STRING_FEATURES})
-    frame[LABEL] = np.random.default_rng(seed).integers(0, 2, size=len(frame))
+    the service's model features: numeric and categorical, never the account status the population rule reads."""
+    schema = service_schema(_feature_service(world.settings))
+    names = list(schema.model_features)
+    strings = [name for name in names if name in schema.string_features]
+    numeric = [name for name in names if name not in schema.string_features]
+    frame = normalize(world.snapshots, schema).fillna({name: "unknown" for name in strings})
+    # Labels that follow recent activity, so the model's probabilities spread over every risk band.
+    churn_odds = np.exp(4.0 - frame["active_days_7d"].to_numpy())
+    frame[LABEL] = (np.random.default_rng(seed).random(len(frame)) < churn_odds / (1 + churn_odds)).astype(int)
     half = len(frame) // 2
-    pipeline = fit(build_pipeline(LOGISTIC, numeric, list(STRING_FEATURES), {"C": 10.0}), frame.iloc[:half], names)
+    pipeline = fit(build_pipeline(LOGISTIC, numeric, strings, {"C": 10.0}), frame.iloc[:half], names)
     calibrated = calibrate(pipeline, frame.iloc[half:], names)
     reference = {name: float(frame[name].median()) for name in numeric}
-    reference.update({name: str(frame[name].mode().iloc[0]) for name in STRING_FEATURES})
+    reference.update({name: str(frame[name].mode().iloc[0]) for name in strings})
     return ChurnModel(calibrated, names, RiskThresholds(high=0.6, medium=0.4), reference)
 
 
@@ -147,6 +182,8 @@ def server_env(settings: Settings, **overrides: str) -> dict[str, str]:
         "CHURN_MODEL_POLL_SECONDS": str(settings.model_poll_seconds),
         "CHURN_ONLINE_TIMEOUT_MS": str(settings.online_timeout_ms),
     }
+    if settings.now is not None:
+        env["CHURN_NOW"] = settings.now.isoformat()
     env.update(overrides)
     return env
 
