@@ -23,7 +23,8 @@ class OnlineVector:
     features: dict[str, Any]
     """Every feature of the service by name; None where the view is missing or stale."""
     as_of: datetime | None
-    """Newest snapshot time found for the user (stale ones included); None when the user is unknown."""
+    """Newest snapshot time found for the user (stale ones included), over the views that expire (the account
+    history, which holds until it changes, says nothing about how recent the features are); None without any."""
     stale_views: tuple[str, ...]
     missing_views: tuple[str, ...]
 
@@ -50,6 +51,7 @@ class OnlineReader:
         self.features_by_view: dict[str, list[str]] = {}
         for feature in self.schema.features:
             self.features_by_view.setdefault(self.schema.view_of[feature], []).append(feature)
+        self.dated = {view for view, ttl in self.ttl.items() if ttl} or set(self.ttl)
 
     def read(self, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]:
         response = self.store.get_online_features(
@@ -69,7 +71,8 @@ class OnlineReader:
                 features.update(dict.fromkeys(names))
                 continue
             event_time = datetime.fromtimestamp(seconds, UTC)
-            seen.append(event_time)
+            if view in self.dated:
+                seen.append(event_time)
             fresh = is_fresh(event_time, self.ttl[view], now)
             if not fresh:
                 stale.append(view)

@@ -162,6 +162,7 @@ def _decide(
     builds: list[BuildRecord],
     groups: dict[str, list[FeatureView]],
 ) -> tuple[Mode, str, list[BuildRecord]]:
+    """Refill, or load what the builds after the watermark's rewrote (and whatever became due since its end)."""
     latest = builds[-1].seq
     if watermark is None:
         return "refill", "the online store holds no watermark (first run, or it lost its data)", builds
@@ -176,15 +177,21 @@ def _decide(
             reason = f"the online store lacks {missing} of {SAMPLE_USERS} sampled users' newest {source} rows"
             return "refill", reason, builds
     if watermark.build == latest:
-        return "noop", f"the online store already holds build {latest}", []
+        return "incremental", f"no build after {latest}: rows due since {watermark.end}", []
     return "incremental", f"builds {watermark.build + 1}..{latest}", [b for b in builds if b.seq > watermark.build]
 
 
 def _window(
-    source: str, views: Sequence[FeatureView], mode: Mode, builds: list[BuildRecord], end: datetime
+    source: str,
+    views: Sequence[FeatureView],
+    mode: Mode,
+    builds: list[BuildRecord],
+    end: datetime,
+    watermark: Watermark | None,
 ) -> _Window | None:
-    """The event-time window to load for one source: from the earliest row the builds rewrote, or for a refill
-    from the ttl (everything, for views without one) before the newest row."""
+    """The event-time window to load for one source: from the earliest row the new builds rewrote, or the end of
+    the last run if earlier (rows that became due since, e.g. a run that stopped short of a build's newest rows);
+    for a refill, the ttl (everything, for views without one) before the newest row."""
     ttls = [view.ttl for view in views]
     if mode == "refill":
         if not all(ttls):
@@ -192,8 +199,10 @@ def _window(
         _, seconds = _newest_rows(views[0], end)
         newest = datetime.fromtimestamp(int(seconds.max()), UTC) if seconds.size else end
         return _Window(newest - max(ttls), end)
-    changed = [moment for build in builds if (moment := build.changed_since(source)) is not None]
-    return _Window(min(changed), end) if changed else None
+    starts = [moment for build in builds if (moment := build.changed_since(source)) is not None]
+    if watermark is not None and watermark.loaded_until < end:
+        starts.append(watermark.loaded_until)
+    return _Window(min(starts), end) if starts else None
 
 
 # --- loading and checking ----------------------------------------------------------------------------------------
@@ -250,12 +259,16 @@ def materialize(settings: Settings, end: datetime | None = None) -> Materializat
     mode, reason, todo = _decide(state, previous, builds, groups)
     logger.info("materialisation of %s (%s): %s, %s", store.project, settings.feast_profile, mode, reason)
     runs = []
-    if mode != "noop":
-        for source, views in groups.items():
-            window = _window(source, views, mode, todo, end)
-            if window is not None:
-                runs.append(_run_source(store, state, source, views, window))
-    watermark = Watermark(builds[-1].seq, _newest(runs, previous), settings.clock().isoformat())
+    for source, views in groups.items():
+        window = _window(source, views, mode, todo, end, previous)
+        if window is not None:
+            runs.append(_run_source(store, state, source, views, window))
+    if mode == "incremental" and not todo and not any(run.received for run in runs):
+        mode, reason = "noop", f"the online store already holds build {builds[-1].seq}; nothing became due"
+    loaded_until = max(end, previous.loaded_until) if previous and mode != "refill" else end
+    watermark = Watermark(
+        builds[-1].seq, _newest(runs, previous), loaded_until.isoformat(), settings.clock().isoformat()
+    )
     state.set_watermark(watermark)
     snapshots = _snapshot_source(groups)
     newest = watermark.newest_of(snapshots) if snapshots else None

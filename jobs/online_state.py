@@ -33,15 +33,29 @@ _INT64_BYTES = 8
 
 @dataclass(frozen=True)
 class Watermark:
-    """The build whose rows the online store holds, and the newest event time it holds per source."""
+    """The build whose rows the online store holds up to the instant ``end``, and the newest event time it holds
+    per source."""
 
     build: int
     newest: dict[str, str]
+    end: str
     written_at: str
 
     def newest_of(self, source: str) -> datetime | None:
         value = self.newest.get(source)
         return datetime.fromisoformat(value) if value else None
+
+    @property
+    def loaded_until(self) -> datetime:
+        return datetime.fromisoformat(self.end)
+
+
+def _watermark(raw: str | bytes) -> Watermark | None:
+    """A stored watermark; one this version cannot read counts as none (the store is then refilled)."""
+    try:
+        return Watermark(**json.loads(raw))
+    except (TypeError, ValueError):
+        return None
 
 
 class OnlineState(Protocol):
@@ -73,7 +87,7 @@ class RedisState:
 
     def watermark(self) -> Watermark | None:
         raw = self._call(self._client.get, self._watermark_key)
-        return None if raw is None else Watermark(**json.loads(raw))
+        return None if raw is None else _watermark(raw)
 
     def set_watermark(self, watermark: Watermark) -> None:
         self._call(self._client.set, self._watermark_key, json.dumps(asdict(watermark)))
@@ -121,7 +135,7 @@ class SqliteState:
                 row = con.execute(f"SELECT body FROM {self._watermark_table} WHERE id = 1").fetchone()
             except sqlite3.OperationalError:  # no such table: never written, or the file was replaced
                 return None
-        return None if row is None else Watermark(**json.loads(row[0]))
+        return None if row is None else _watermark(row[0])
 
     def set_watermark(self, watermark: Watermark) -> None:
         with closing(self._connect()) as con, con:

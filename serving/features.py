@@ -144,6 +144,7 @@ class RedisFeatureReader:
         self._stamps = _Decoded(_decode_timestamp)
         # Users materialised together share their row of timestamps: its parse and freshness window are kept.
         self._stamp_rows = _Decoded(self._parse_stamps)
+        self._dated = frozenset(_snapshot_views(views, lambda view: view.ttl))
 
     def redis_key(self, user_id: int) -> bytes:
         return self._key_prefix + user_id.to_bytes(8, "little", signed=True) + self._project
@@ -161,10 +162,13 @@ class RedisFeatureReader:
     def _parse_stamps(self, raw: tuple[bytes | None, ...]) -> _Stamps:
         times = tuple(map(self._stamps.__getitem__, raw))
         known = [time for time in times if time is not None]
+        # The age of the features is the expiring views' (see churn_common.online.OnlineVector.as_of).
+        views = zip(times, self._views, strict=True)
+        as_of = max((time for time, view in views if time is not None and view in self._dated), default=None)
         if len(known) < len(times):
-            return _Stamps(times, max(known, default=None), None)
+            return _Stamps(times, as_of, None)
         until = min(time + view.ttl if view.ttl else _NEVER for time, view in zip(times, self._views, strict=True))
-        return _Stamps(times, max(known), (max(known), until))
+        return _Stamps(times, as_of, (max(known), until))
 
     def _vector(self, user_id: int, row: list[bytes | None], now: datetime) -> OnlineVector:
         stamps = self._stamp_rows[tuple(row[len(self._names) :])]
