@@ -65,10 +65,12 @@ def random_accounts(
     frame["country"] = rng.choice(["DE", "BR", "US"], size=len(ids))
     frame["acquisition_channel"] = rng.choice(["organic", "ads"], size=len(ids))
     frame["account_status"] = "open"
-    closing = frame.set_index("user_id").loc[list((closed or {}).keys())].reset_index()
-    closing["valid_from"] = [pd.Timestamp(at).as_unit("us") for at in (closed or {}).values()]
-    closing["account_status"] = "closed"
-    frame = pd.concat([frame, closing], ignore_index=True).sort_values(["user_id", "valid_from"], ignore_index=True)
+    if closed:
+        closing = frame.set_index("user_id").loc[list(closed)].reset_index()
+        closing["valid_from"] = [pd.Timestamp(at).as_unit("us") for at in closed.values()]
+        closing["account_status"] = "closed"
+        frame = pd.concat([frame, closing], ignore_index=True)
+    frame = frame.sort_values(["user_id", "valid_from"], ignore_index=True)
     frame["valid_from"] = frame["valid_from"].astype("datetime64[us, UTC]")
     frame["created"] = frame["valid_from"]
     return frame[ACCOUNT_SCHEMA.names]
