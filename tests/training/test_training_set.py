@@ -13,7 +13,6 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from feast import FeatureStore
 
 from churn_common.compiled import compile_model, probe_rows, verify
 from churn_common.errors import SchemaError
@@ -44,7 +43,9 @@ def module_settings(tmp_path_factory: pytest.TempPathFactory, name: str) -> Sett
     )
 
 
-def every(user: int, first: pd.Timestamp, last: pd.Timestamp, step: timedelta, kind: str = "login", value=None):
+def every(
+    user: int, first: pd.Timestamp, last: pd.Timestamp, step: timedelta, kind: str = "login", value: float | None = None
+):
     times = pd.date_range(first, last, freq=step)
     return [(user, t, kind, value) for t in times]
 
@@ -193,7 +194,6 @@ PARTIAL_COLUMNS = [f"{stem}_{w}d" for stem in ("quiz_score_mean", "payment_fail_
 
 @dataclass(frozen=True)
 class ServedWorld:
-    store: FeatureStore
     schema: ServiceSchema
     joined: pd.DataFrame
     training_set: TrainingSet
@@ -205,9 +205,10 @@ def served_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     snapshots = random_snapshots(USERS, SERVED_DAYS, seed=5, created_delay=timedelta(0))
     at = snapshots["event_timestamp"] == AT
     snapshots.loc[at & (snapshots["user_id"] == INACTIVE), ["active_days_7d", "active_days_14d", "active_days_30d"]] = 0
+    # No quiz and no charge in any window, as for a user who only watches videos.
+    snapshots.loc[at & (snapshots["user_id"] == PARTIAL), PARTIAL_COLUMNS] = np.nan
     # The newest snapshot three days old: outside the two-day ttl.
     snapshots = snapshots[~((snapshots["user_id"] == STALE) & (snapshots["event_timestamp"] > AT - 3 * DAY))]
-    snapshots.loc[at & (snapshots["user_id"] == PARTIAL), PARTIAL_COLUMNS] = np.nan
     accounts = random_accounts([u for u in USERS if u != UNKNOWN], seed=5, closed={CLOSED: AT - DAY})
     return snapshots, accounts
 
@@ -223,7 +224,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> ServedWorld:
     entities["event_timestamp"] = entities["event_timestamp"].astype("datetime64[us, UTC]")
     service = store.get_feature_service(FEATURE_SERVICE)
     return ServedWorld(
-        store,
         service_schema(service),
         get_training_frame(store, entities, FEATURE_SERVICE),
         get_training_set(store, entities, FEATURE_SERVICE, RULE),
