@@ -46,10 +46,12 @@ def train(
 
 
 def run_training(settings: Settings, feature_service: str, promote: bool) -> dict[str, Any]:
-    """Labels -> point-in-time training set -> model -> MLflow version (challenger), optionally promoted."""
+    """Labels -> point-in-time training set of the scored population -> model -> MLflow version (challenger),
+    optionally promoted."""
+    from churn_common.population import PopulationRule
     from churn_common.store import feature_store
     from training import registry
-    from training.dataset import get_training_frame
+    from training.dataset import get_training_set
     from training.labels import build_labels
     from training.train import require_both_classes, train_churn_model
 
@@ -57,10 +59,14 @@ def run_training(settings: Settings, feature_service: str, promote: bool) -> dic
     registry.connect(settings)
     labels = build_labels(settings)
     require_both_classes(labels, "the labels")
-    frame = get_training_frame(feature_store(settings), labels, feature_service)
-    result = train_churn_model(frame, settings.label_horizon_days, _ground_truth(settings))
+    rule = PopulationRule(settings.active_window_days)
+    training_set = get_training_set(feature_store(settings), labels, feature_service, rule)
+    result = train_churn_model(
+        training_set.frame, settings.label_horizon_days, _ground_truth(settings), training_set.population
+    )
     version = registry.log_and_register(settings, result, feature_service)
     summary = {"registered_version": version.version, "model_family": result.family} | _headline(result.metrics)
+    summary["population"] = {status.value: count for status, count in training_set.population.counts.items()}
     if promote:
         summary["promotion"] = registry.promote(settings)
     return summary

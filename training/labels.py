@@ -1,29 +1,37 @@
-"""Churn labels and the population they are defined on, as the entity frame for the point-in-time join.
+"""Churn labels as the entity frame for the point-in-time join, and the population they are kept on.
 
-At each observation time t (a weekly grid at 00:00 UTC):
-- population: customers at t (signed up before t, not closed before t) with at least one activity event in
-  [t - active_window, t). Users already inactive that long are not "churners to predict": they have churned.
-- label: 1 when the user has no activity event in (t, t + horizon], else 0. Only events after t are read.
+Candidates: at each observation time t (a weekly grid at 00:00 UTC), every user who signed up before t. That is a
+cheap prefilter, no more: who is in the population (open, fresh snapshot, active in the trailing window) is decided
+after the point-in-time join by :class:`churn_common.population.PopulationRule` on the features the store held at t
+(:func:`apply_population_rule`): the one rule serving applies to the same features. Closure and activity are not
+re-encoded here, so the two cannot disagree.
+
+- label (inactivity): 1 when the user has no activity event in (t, t + horizon], else 0. Only events after t are
+  read. The label is its own query over the candidates, so another kind of label can sit beside it.
 - censoring: an observation time whose horizon ends after the last event in the data is left out.
 
-Two ASOF joins per (user, t) — the last activity before t, the first after t — keep this linear in events and
-label rows, where a range join over every event in every window would not scale to a million label rows.
+One ASOF join per (user, t) — the first activity after t — keeps this linear in events and label rows, where a
+range join over every event in every window would not scale to a million label rows.
 """
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from churn_common.errors import DataError, TrainingError
 from churn_common.names import JOIN_KEY, TIMESTAMP_FIELD
+from churn_common.population import PopulationRule, Status
 from churn_common.settings import Settings
 from transformations.catalog import DEFAULT_CATALOG, EventCatalog
 
 logger = logging.getLogger(__name__)
 
-_LABELS_SQL = """
+_CANDIDATES_SQL = """
 WITH activity AS (
     SELECT user_id, event_timestamp AS ts
     FROM read_parquet($events, hive_partitioning = false)
@@ -32,25 +40,58 @@ WITH activity AS (
 grid AS (
     SELECT unnest(generate_series($first_time, $last_time, to_days($cadence_days))) AS t
 ),
-customers AS (
+candidates AS (
     SELECT u.user_id, g.t
     FROM read_parquet($users) u CROSS JOIN grid g
-    WHERE u.signup_at < g.t AND (u.closed_at IS NULL OR u.closed_at >= g.t)
-),
-population AS (
-    SELECT c.user_id, c.t
-    FROM customers c ASOF JOIN activity a ON c.user_id = a.user_id AND c.t > a.ts
-    WHERE a.ts >= c.t - to_days($active_window_days)
+    WHERE u.signup_at < g.t
 )
-SELECT p.user_id, p.t AS event_timestamp,
-       CASE WHEN a.ts IS NULL OR a.ts > p.t + to_days($horizon_days) THEN 1 ELSE 0 END AS label
-FROM population p ASOF LEFT JOIN activity a ON p.user_id = a.user_id AND p.t < a.ts
+"""
+
+# Inactivity: no activity event in (t, t + horizon]; `a` is the first activity after t, NULL when there is none.
+_INACTIVITY_LABEL_SQL = """
+SELECT c.user_id, c.t AS event_timestamp,
+       CASE WHEN a.ts IS NULL OR a.ts > c.t + to_days($horizon_days) THEN 1 ELSE 0 END AS label
+FROM candidates c ASOF LEFT JOIN activity a ON c.user_id = a.user_id AND c.t < a.ts
 ORDER BY event_timestamp, user_id
 """
 
 
+@dataclass(frozen=True)
+class Population:
+    """What the population rule made of the candidate rows: the number of rows per status, and the rule's window."""
+
+    active_window_days: int
+    counts: Mapping[Status, int]
+
+    @property
+    def scored(self) -> int:
+        return self.counts[Status.SCORED]
+
+    def metrics(self) -> dict[str, int]:
+        """``population.<status>``: rows per status."""
+        return {f"population.{status.value}": count for status, count in self.counts.items()}
+
+    def params(self) -> dict[str, int]:
+        """The counts and the rule (``population.active_window_days``)."""
+        return {"population.active_window_days": self.active_window_days} | self.metrics()
+
+
+def apply_population_rule(frame: pd.DataFrame, rule: PopulationRule) -> tuple[np.ndarray, Population]:
+    """The rows of a point-in-time frame the rule scores (boolean mask), and the count of every status."""
+    statuses = rule.statuses(frame)
+    counts = {status: int(np.count_nonzero(statuses == status)) for status in Status}
+    logger.info(
+        "population (active window %d d) of %d candidate rows: %s",
+        rule.active_window_days,
+        len(frame),
+        ", ".join(f"{status.value} {count}" for status, count in counts.items()),
+    )
+    return statuses == Status.SCORED, Population(rule.active_window_days, counts)
+
+
 def build_labels(settings: Settings, catalog: EventCatalog = DEFAULT_CATALOG) -> pd.DataFrame:
-    """The entity frame: ``user_id``, ``event_timestamp`` (the observation time, UTC) and ``label`` (0/1)."""
+    """The candidates' entity frame: ``user_id``, ``event_timestamp`` (the observation time, UTC) and ``label``
+    (0/1). The population rule still has to be applied to it after the point-in-time join."""
     events_glob = str(settings.paths.events / "date=*" / "*.parquet")
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
@@ -62,15 +103,14 @@ def build_labels(settings: Settings, catalog: EventCatalog = DEFAULT_CATALOG) ->
             "first_time": first_time,
             "last_time": last_time,
             "cadence_days": settings.observation_cadence_days,
-            "active_window_days": settings.active_window_days,
             "horizon_days": settings.label_horizon_days,
         }
-        labels = con.execute(_LABELS_SQL, params).to_arrow_table().to_pandas()
+        labels = con.execute(_CANDIDATES_SQL + _INACTIVITY_LABEL_SQL, params).to_arrow_table().to_pandas()
     labels[JOIN_KEY] = labels[JOIN_KEY].astype("int64")
     labels[TIMESTAMP_FIELD] = labels[TIMESTAMP_FIELD].astype("datetime64[us, UTC]")
     labels["label"] = labels["label"].astype("int64")
     logger.info(
-        "%d label rows over %d observation times, churn rate %.3f",
+        "%d candidate label rows over %d observation times, inactivity rate %.3f before the population rule",
         len(labels),
         labels[TIMESTAMP_FIELD].nunique(),
         labels["label"].mean() if len(labels) else float("nan"),

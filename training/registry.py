@@ -106,12 +106,15 @@ def _experiment_id(client: MlflowClient, settings: Settings) -> str:
 
 
 def _log_run(result: TrainingResult) -> None:
+    population = result.population
     mlflow.log_params(
         {"model_family": result.family, **{f"{result.family}.{k}": v for k, v in result.params.items()}}
         | {f"risk_threshold.{k}": v for k, v in result.model.risk_thresholds.as_dict().items()}
         | {"n_features": len(result.model.feature_names), **_split_sizes(result)}
+        | (population.params() if population else {})
     )
-    mlflow.log_metrics(_finite(result.metrics | _slice_metrics(result.slices)))
+    counts = population.metrics() if population else {}
+    mlflow.log_metrics(_finite(result.metrics | _slice_metrics(result.slices) | counts))
     mlflow.set_tag("training_set_sha256", result.fingerprint["sha256"])
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)

@@ -16,9 +16,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from churn_common.errors import TrainingError
 from churn_common.model import ChurnModel, RiskThresholds
-from churn_common.names import JOIN_KEY, TIMESTAMP_FIELD
+from churn_common.names import ACCOUNT_STATUS, JOIN_KEY, TIMESTAMP_FIELD
 from training import models
 from training.evaluate import evaluate, slice_metrics
+from training.labels import Population
 from training.models import LABEL
 from training.split import TimeSplit, time_split
 
@@ -41,13 +42,19 @@ class TrainingResult:
     slices: pd.DataFrame
     fingerprint: dict[str, Any]
     reference_distributions: dict[str, Any] = field(repr=False)
+    population: Population | None = None
+    """What the population rule made of the candidate rows the frame was cut from, when known."""
 
 
 def train_churn_model(
-    frame: pd.DataFrame, horizon_days: int, ground_truth: pd.DataFrame | None = None
+    frame: pd.DataFrame,
+    horizon_days: int,
+    ground_truth: pd.DataFrame | None = None,
+    population: Population | None = None,
 ) -> TrainingResult:
-    """``frame``: user_id, event_timestamp, label and the FeatureService's features. ``ground_truth``
-    (user_id, churn_propensity) only scores the oracle on the test rows; it never reaches the model."""
+    """``frame``: user_id, event_timestamp, label and the model features of the scored rows (see
+    training.dataset.get_training_set). ``ground_truth`` (user_id, churn_propensity) only scores the oracle on the
+    test rows; it never reaches the model. ``population`` is recorded with the result."""
     feature_names = _check_frame(frame)
     split = time_split(frame, horizon_days)
     for name, part in (("fit", split.fit), ("validation", split.validation), ("test", split.test)):
@@ -67,6 +74,7 @@ def train_churn_model(
         slices=slice_metrics(split.test, scores),
         fingerprint=fingerprint(frame),
         reference_distributions=reference_distributions(split.fit, feature_names),
+        population=population,
     )
 
 
@@ -80,7 +88,20 @@ def _check_frame(frame: pd.DataFrame) -> list[str]:
     feature_names = [column for column in frame.columns if column not in KEY_COLUMNS]
     if not feature_names:
         raise TrainingError("training frame has no feature columns")
+    if ACCOUNT_STATUS in feature_names:
+        raise TrainingError(f"{ACCOUNT_STATUS} decides who is scored and is never a model input")
+    require_feature_vectors(frame, feature_names)
     return feature_names
+
+
+def require_feature_vectors(frame: pd.DataFrame, feature_names: list[str]) -> None:
+    """No row may have every feature missing: serving never scores such a vector, so no model learns from one."""
+    empty = ~frame[feature_names].notna().any(axis=1)
+    if empty.any():
+        user_id, at = frame.loc[empty, [JOIN_KEY, TIMESTAMP_FIELD]].iloc[0]
+        raise TrainingError(
+            f"{int(empty.sum())} training rows have every feature missing, e.g. user {user_id} at {at.isoformat()}"
+        )
 
 
 def require_both_classes(frame: pd.DataFrame, what: str) -> None:
@@ -111,6 +132,8 @@ def _select(split: TimeSplit, feature_names: list[str], horizon_days: int) -> tu
 
 
 def _package(split: TimeSplit, feature_names: list[str], pipeline: Any) -> ChurnModel:
+    """Calibrated model with risk bands cut at the validation slice's score quantiles. The frame holds scored rows
+    only, so the bands split the population serving scores into the documented shares."""
     calibrated = models.calibrate(pipeline, split.validation, feature_names)
     validation_scores = calibrated.predict_proba(split.validation[feature_names])[:, 1]
     thresholds = RiskThresholds(

@@ -1,24 +1,37 @@
-"""A synthetic point-in-time training frame with the real feature columns and a learnable label, built with
-numpy alone (vectorised, so the training benchmark can ask for a million rows).
+"""A synthetic point-in-time training frame with the model features of churn_model_v2 and a learnable label, built
+with numpy alone (vectorised, so the training benchmark can ask for a million rows).
 
 Each user has a hidden engagement level that drifts week to week; every activity feature is a noisy function
 of it, and the churn label is drawn from a logistic function of it. The hidden level never appears as a column.
+Every row is one the population rule scores (active in the trailing 30 days); :func:`with_unscored_candidates` adds
+the rows a point-in-time join of all candidates also returns (closed, stale, inactive, unknown accounts).
 """
 
 import numpy as np
 import pandas as pd
 
+from churn_common.feature_frame import ServiceSchema
+from churn_common.names import ACCOUNT_STATUS
+from churn_common.population import CLOSED, OPEN, Status
 from transformations.catalog import DEFAULT_CATALOG
 
+# The service's model features in its order: the four activity views, user_status_daily, then the account
+# attributes of user_account (its account_status is a population field, never a model input).
 STATUS_NUMERIC = ["days_since_last_activity", "tenure_days", "active_days_trend_7d", "watch_minutes_trend_7d"]
 STRING_FEATURES = ["plan", "country", "acquisition_channel"]
-PLANS = np.array(["free", "monthly", "annual"])
+PLANS = np.array(["free", "paid"])
 COUNTRIES = np.array(["DE", "FR", "US", "IN", "BR"])
-CHANNELS = np.array(["organic", "ads", "referral"])
+CHANNELS = np.array(["organic", "paid_search", "social", "referral"])
+ACTIVE_WINDOW_DAYS = 30
+UNSCORED = (Status.CLOSED, Status.STALE, Status.INACTIVE, Status.UNKNOWN)
 
 
 def feature_names() -> list[str]:
     return [*DEFAULT_CATALOG.window_features(), *STATUS_NUMERIC, *STRING_FEATURES]
+
+
+def snapshot_features() -> list[str]:
+    return [*DEFAULT_CATALOG.window_features(), *STATUS_NUMERIC]
 
 
 def make_training_frame(
@@ -76,7 +89,9 @@ def _features(rng: np.random.Generator, engagement: np.ndarray, time_idx: np.nda
         counts = {stem: rng.poisson(rate * window * activity) for stem, rate in _DAILY_RATES.items()}
         for stem, values in counts.items():
             out[f"{stem}_{window}d"] = values.astype("int64")
-        out[f"active_days_{window}d"] = np.minimum(window, rng.poisson(0.5 * window * activity)).astype("int64")
+        # Scored rows are active in the trailing window: at least one active day in every window that covers it.
+        floor = 1 if window >= ACTIVE_WINDOW_DAYS else 0
+        out[f"active_days_{window}d"] = np.clip(rng.poisson(0.5 * window * activity), floor, window).astype("int64")
         out[f"watch_minutes_{window}d"] = counts["videos_watched"] * rng.gamma(2.0, 10.0, len(engagement))
         quiz_mean = np.clip(60 + 10 * engagement + rng.normal(0, 8, len(engagement)), 0, 100)
         out[f"quiz_score_mean_{window}d"] = np.where(counts["quiz_attempts"] > 0, quiz_mean, np.nan)
@@ -89,3 +104,51 @@ def _features(rng: np.random.Generator, engagement: np.ndarray, time_idx: np.nda
     out["active_days_trend_7d"] = out["active_days_7d"] - (out["active_days_14d"] - out["active_days_7d"])
     out["watch_minutes_trend_7d"] = out["watch_minutes_7d"] - (out["watch_minutes_14d"] - out["watch_minutes_7d"])
     return out
+
+
+def with_unscored_candidates(frame: pd.DataFrame, n_each: int = 15, seed: int = 0) -> pd.DataFrame:
+    """``frame`` (all scored, now with ``account_status`` "open") plus, at each of its observation times, ``n_each``
+    new users per unscored status, shaped as the point-in-time join returns them: closed accounts and stale
+    snapshots have every snapshot feature missing, inactive users zero activity in the trailing window, unknown
+    users no account either. All of them labelled churners, the way a model trained on them would learn the rule
+    instead of churn."""
+    rng = np.random.default_rng(seed)
+    times = np.sort(frame["event_timestamp"].unique())
+    first_id = int(frame["user_id"].max()) + 1
+    parts = [frame.assign(**{ACCOUNT_STATUS: OPEN})]
+    for k, status in enumerate(UNSCORED):
+        donors = frame.sample(n=n_each * len(times), random_state=seed + k, replace=True).reset_index(drop=True)
+        users = first_id + k * n_each + np.arange(n_each)
+        donors["user_id"] = np.tile(users, len(times)).astype("int64")
+        donors["event_timestamp"] = np.repeat(times, n_each)
+        donors["label"] = 1
+        parts.append(_as_unscored(donors, status, rng))
+    candidates = pd.concat(parts, ignore_index=True)
+    candidates["event_timestamp"] = candidates["event_timestamp"].astype("datetime64[us, UTC]")
+    return candidates
+
+
+def _as_unscored(rows: pd.DataFrame, status: Status, rng: np.random.Generator) -> pd.DataFrame:
+    rows[ACCOUNT_STATUS] = {Status.CLOSED: CLOSED, Status.UNKNOWN: None}.get(status, OPEN)
+    if status in (Status.CLOSED, Status.STALE, Status.UNKNOWN):
+        rows[snapshot_features()] = np.nan
+    if status == Status.UNKNOWN:
+        rows[STRING_FEATURES] = None
+    if status == Status.INACTIVE:
+        for window in DEFAULT_CATALOG.windows:
+            if window <= ACTIVE_WINDOW_DAYS:
+                rows[[f"{stem}_{window}d" for stem in _DAILY_RATES]] = 0
+                rows[f"active_days_{window}d"] = 0
+        rows["days_since_last_activity"] = rng.integers(ACTIVE_WINDOW_DAYS + 1, 90, len(rows))
+    return rows
+
+
+def candidate_schema() -> ServiceSchema:
+    """The schema churn_model_v2 gives the synthetic columns: the model features plus the population field."""
+    features = (*feature_names(), ACCOUNT_STATUS)
+    return ServiceSchema(
+        features=features,
+        view_of={},
+        string_features=frozenset({*STRING_FEATURES, ACCOUNT_STATUS}),
+        population_features=frozenset({ACCOUNT_STATUS}),
+    )

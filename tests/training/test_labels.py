@@ -1,4 +1,5 @@
-"""Label timing, population rules and horizon censoring on hand-built events.
+"""Label timing, the candidate prefilter and horizon censoring on hand-built events. Who of the candidates is in
+the population is decided after the point-in-time join (tests/training/test_training_set.py).
 
 Grid used throughout: the first event is 2026-01-01 00:00, the active window 30 days, so observation times
 start at 2026-01-31 and step by 7 days. The last event is 2026-04-01 12:00; with a 30-day horizon the last
@@ -50,9 +51,9 @@ def scenario_events() -> list[tuple]:
         (4, T + DAY, "login", None),
         # 5: closed one second before T (see users).
         (5, T - 2 * DAY, "login", None),
-        # 6: last activity exactly 30 days before T: still in [t - 30 d, t).
+        # 6: last activity exactly 30 days before T.
         (6, T - timedelta(days=30), "quiz_attempt", 80.0),
-        # 7: last activity one second earlier than that: inactive for the window, not in the population.
+        # 7: last activity one second earlier than that: inactive for the trailing window.
         (7, T - timedelta(days=30) - SECOND, "login", None),
         # 8: only non-activity events (a renewal is not engagement).
         (8, T - DAY, "payment_success", 19.0),
@@ -60,13 +61,16 @@ def scenario_events() -> list[tuple]:
         (9, T - DAY, "login", None),
         (9, T + 5 * DAY, "payment_success", 19.0),
         (9, T + 6 * DAY, "support_ticket", None),
+        # 10: signs up exactly at T (see users).
+        (10, T + DAY, "login", None),
     ]
 
 
 def scenario_users() -> pd.DataFrame:
-    users = make_users(9, signup=utc(2026, 1, 1))
+    users = make_users(10, signup=utc(2026, 1, 1))
     users.loc[users["user_id"] == 4, "signup_at"] = T + timedelta(hours=1)
     users.loc[users["user_id"] == 5, "closed_at"] = T - SECOND
+    users.loc[users["user_id"] == 10, "signup_at"] = T
     anchor = make_users(1, signup=utc(2025, 12, 1), first_id=ANCHOR)
     return pd.concat([users, anchor], ignore_index=True)
 
@@ -100,21 +104,28 @@ def test_non_activity_events_do_not_prevent_churn(labels: pd.Series) -> None:
 
 def test_user_not_signed_up_before_t_is_excluded_then_included(labels: pd.Series) -> None:
     assert label_at(labels, 4, T) is None
-    # At the next grid time the signup is before t and the login at T + 1 d is in the trailing window.
     assert label_at(labels, 4, T + timedelta(days=7)) == 1
 
 
-def test_closed_user_is_excluded(labels: pd.Series) -> None:
-    assert label_at(labels, 5, T) is None
+def test_signup_exactly_at_t_is_not_a_candidate(labels: pd.Series) -> None:
+    assert label_at(labels, 10, T) is None
+    assert label_at(labels, 10, T + timedelta(days=7)) == 1
 
 
-def test_trailing_window_includes_its_start_and_excludes_earlier(labels: pd.Series) -> None:
+def test_closure_and_inactivity_are_left_to_the_population_rule(labels: pd.Series) -> None:
+    # Closed before T, inactive for the trailing window, never active: all still candidates at T, with the
+    # inactivity label; the population rule removes them after the point-in-time join.
+    assert label_at(labels, 5, T) == 1
+    assert label_at(labels, 7, T) == 1
     assert label_at(labels, 6, T) == 1
-    assert label_at(labels, 7, T) is None
+    assert label_at(labels, 8, T) == 1
 
 
-def test_users_without_activity_are_excluded(labels: pd.Series) -> None:
-    assert 8 not in labels.index.get_level_values("user_id")
+def test_every_user_signed_up_before_t_is_a_candidate_at_every_grid_time(labels: pd.Series) -> None:
+    users = scenario_users()
+    for t in EXPECTED_GRID:
+        expected = sorted(users.loc[users["signup_at"] < t, "user_id"])
+        assert sorted(labels.xs(t, level="event_timestamp").index) == expected
 
 
 def test_grid_is_weekly_at_midnight_and_censored_at_the_horizon(labels: pd.Series) -> None:

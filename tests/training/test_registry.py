@@ -57,6 +57,12 @@ def test_run_records_everything(settings: Settings, trained: TrainingResult) -> 
     assert run.data.metrics["roc_auc"] == pytest.approx(trained.metrics["roc_auc"])
     assert run.data.params["model_family"] == trained.family
     assert any(name.startswith("slice.time.") for name in run.data.metrics)
+    # The population the training set was cut from (tests/training/frames.py: 300 scored users and 15 users of each
+    # unscored status, at 16 observation times) and the rule that cut it.
+    assert run.data.params["population.active_window_days"] == "30"
+    expected = {"scored": 300 * 16, "closed": 15 * 16, "inactive": 15 * 16, "stale": 15 * 16, "unknown": 15 * 16}
+    assert {name: run.data.metrics[f"population.{name}"] for name in expected} == expected
+    assert {name: int(run.data.params[f"population.{name}"]) for name in expected} == expected
     artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
     assert artifacts.is_relative_to(settings.paths.mlflow_artifacts)
     assert {p.name for p in (artifacts / "plots").iterdir()} == {"roc.png", "pr.png", "calibration.png", "lift.png"}

@@ -1,13 +1,24 @@
 """End-to-end fitting on the synthetic frame, the training-set checks, and what the run records."""
 
+import dataclasses
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from churn_common.errors import TrainingError
+from churn_common.population import PopulationRule, Status
 from tests.training.conftest import HORIZON_DAYS
-from tests.training.frames import make_training_frame
-from training.train import fingerprint, reference_distributions, train_churn_model
+from tests.training.frames import (
+    ACTIVE_WINDOW_DAYS,
+    candidate_schema,
+    feature_names,
+    make_training_frame,
+    with_unscored_candidates,
+)
+from training.dataset import scored_rows
+from training.train import HIGH_RISK_SHARE, MEDIUM_RISK_SHARE, fingerprint, reference_distributions, train_churn_model
 
 
 def test_model_learns_and_approaches_the_oracle(trained) -> None:
@@ -29,6 +40,58 @@ def test_risk_thresholds_cut_validation_into_10_and_20_percent(trained) -> None:
     high, medium = trained.model.risk_thresholds.high, trained.model.risk_thresholds.medium
     assert np.mean(scores >= high) == pytest.approx(0.10, abs=0.01)
     assert np.mean((scores >= medium) & (scores < high)) == pytest.approx(0.20, abs=0.01)
+
+
+def share_tolerance(share: float, n_rows: int) -> float:
+    """Three standard errors of the difference between two shares of ``n_rows`` rows each: the validation slice sets
+    the cut, a test slice of the same size measures it."""
+    return 3 * math.sqrt(2 * share * (1 - share) / n_rows)
+
+
+def test_risk_bands_reproduce_their_documented_shares_on_the_scored_test_population(trained, candidates) -> None:
+    # The test slice holds scored rows only: every candidate row of the test times that the rule scores, no other.
+    test_times = trained.split.test["event_timestamp"].unique()
+    at_test_times = candidates[0][candidates[0]["event_timestamp"].isin(test_times)]
+    assert len(trained.split.test) == PopulationRule(ACTIVE_WINDOW_DAYS).scored(at_test_times).sum()
+    assert len(trained.split.test) < len(at_test_times)
+    scores = trained.model.predict_proba(trained.split.test)
+    high, medium = trained.model.risk_thresholds.high, trained.model.risk_thresholds.medium
+    n = len(scores)
+    assert np.mean(scores >= high) == pytest.approx(HIGH_RISK_SHARE, abs=share_tolerance(0.10, n))
+    assert np.mean((scores >= medium) & (scores < high)) == pytest.approx(0.20, abs=share_tolerance(0.20, n))
+    assert (HIGH_RISK_SHARE, MEDIUM_RISK_SHARE) == (0.10, 0.20)
+
+
+def test_training_set_is_exactly_the_scored_candidates(candidates, training_set) -> None:
+    frame, _ = make_training_frame(n_users=300, n_times=16, seed=0)
+    pd.testing.assert_frame_equal(training_set.frame, frame, check_dtype=False)
+    assert list(training_set.frame.columns) == ["user_id", "event_timestamp", "label", *feature_names()]
+    # with_unscored_candidates adds 15 users per unscored status at each of the 16 times.
+    assert training_set.population.counts == {
+        Status.SCORED: 300 * 16,
+        Status.CLOSED: 15 * 16,
+        Status.INACTIVE: 15 * 16,
+        Status.STALE: 15 * 16,
+        Status.UNKNOWN: 15 * 16,
+    }
+    assert sum(training_set.population.counts.values()) == len(candidates[0])
+
+
+def test_population_is_recorded_with_the_result(trained, training_set) -> None:
+    assert trained.population == training_set.population
+    assert trained.population.params()["population.active_window_days"] == ACTIVE_WINDOW_DAYS
+    assert trained.population.metrics()["population.scored"] == len(training_set.frame)
+
+
+def test_bands_set_on_all_candidates_would_miss_their_shares_on_the_scored(candidates, trained) -> None:
+    # Why the cut matters: trained on every candidate that has any feature, the model ranks the unscored rows (all
+    # churners, told apart by missing or zero activity) first and sets its high-risk band on them, so the users
+    # serving does score rarely reach it.
+    frame = candidates[0]
+    everything = frame[frame["account_status"].notna()].drop(columns=["account_status"])
+    model = train_churn_model(everything, HORIZON_DAYS).model
+    scores = model.predict_proba(trained.split.test)
+    assert np.mean(scores >= model.risk_thresholds.high) < HIGH_RISK_SHARE / 2
 
 
 def test_test_scores_are_calibrated(trained) -> None:
@@ -55,6 +118,28 @@ def test_reasons_for_a_trained_model_are_deterministic(trained) -> None:
 def test_unusable_frames_are_training_errors(training_data, mutate, message: str) -> None:
     with pytest.raises(TrainingError, match=message):
         train_churn_model(mutate(training_data[0]), HORIZON_DAYS)
+
+
+def test_a_row_with_every_feature_missing_is_a_training_error(training_data) -> None:
+    frame = training_data[0].copy()
+    frame.loc[frame.index[3], feature_names()] = None
+    with pytest.raises(TrainingError, match="1 training rows have every feature missing"):
+        train_churn_model(frame, HORIZON_DAYS)
+
+
+def test_account_status_is_never_a_model_input(training_data) -> None:
+    with pytest.raises(TrainingError, match="account_status decides who is scored"):
+        train_churn_model(training_data[0].assign(account_status="open"), HORIZON_DAYS)
+
+
+def test_a_kept_row_without_any_model_feature_is_a_training_error() -> None:
+    # Were the rule's activity count a population field too, a scored row could carry no model feature at all.
+    frame = with_unscored_candidates(make_training_frame(n_users=20, n_times=4, seed=2)[0], n_each=2)
+    frame.loc[frame.index[0], [name for name in feature_names() if name != "active_days_30d"]] = None
+    schema = candidate_schema()
+    narrowed = dataclasses.replace(schema, population_features=schema.population_features | {"active_days_30d"})
+    with pytest.raises(TrainingError, match="1 training rows have every feature missing"):
+        scored_rows(frame, narrowed, PopulationRule(ACTIVE_WINDOW_DAYS))
 
 
 def test_a_slice_without_churners_is_a_training_error(training_data) -> None:
