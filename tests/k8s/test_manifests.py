@@ -14,7 +14,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import typer
 import yaml
 from typer.exceptions import TyperException
 
+from churn_common.names import ACCOUNT_TABLE, SNAPSHOT_TABLE
 from churn_common.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,16 +38,14 @@ SECRET_TEMPLATE = "secret.example.yaml"
 PLACEHOLDER = "REPLACE_ME"
 CLUSTER_SCOPED = {"Namespace"}
 WORKLOAD_KINDS = {"Deployment", "Job", "CronJob"}
-SHELLS = {"sh", "/bin/sh", "bash", "/bin/bash"}
-# The commands the platform must run somewhere in the cluster (ARCHITECTURE.md: the jobs the CronJobs run).
-REQUIRED_COMMANDS = {
-    ("serve",),
-    ("features", "apply"),
-    ("data", "validate"),
-    ("features", "build"),
-    ("materialize",),
-    ("train",),
-}
+# The commands the platform must run somewhere in the cluster (k8s/README.md, "What runs when").
+REQUIRED_COMMANDS = {("serve",), ("features", "apply"), ("pipeline", "daily"), ("train",)}
+PIPELINE = "pipeline-daily"
+# What `churn pipeline daily` chains: another schedule running one of them would bring back the race between a late
+# build and a materialisation that had already run.
+PIPELINE_STEPS = {("data", "validate"), ("features", "build"), ("materialize",), ("pipeline", "daily")}
+# A daily run for 1M users, measured (validate, build, materialise).
+MEASURED_RUN_SECONDS = 600
 NOTEBOOK_IMPORTS = {
     "churn_common",
     "transformations",
@@ -224,15 +223,9 @@ def _argv(container: dict[str, Any]) -> list[str]:
 
 
 def _churn_invocations(container: dict[str, Any]) -> list[list[str]]:
-    """The argument lists of every `churn ...` a container runs, directly or through `sh -c`."""
+    """The arguments of the `churn ...` a container runs (none through a shell: the CLI takes no shell's help)."""
     argv = _argv(container)
-    if argv[:1] == ["churn"]:
-        return [argv[1:]]
-    if argv[:1] and argv[0] in SHELLS:
-        script = argv[-1]
-        words = [shlex.split(part) for part in re.split(r"&&|\|\||;|\n", script) if part.strip()]
-        return [command[1:] for command in words if command[:1] == ["churn"]]
-    return []
+    return [argv[1:]] if argv[:1] == ["churn"] else []
 
 
 def _is_group(command: Any) -> bool:
@@ -262,8 +255,6 @@ def _resolve(argv: list[str], where: str) -> tuple[str, ...]:
         assert sub is not None, f"{where}: `churn {' '.join(path)}` has no command {token!r}"
         command = sub
         path.append(token)
-    # A `$(date ... +%F)` substitution is parsed as what it prints.
-    tokens = [date.today().isoformat() if "$(" in t and "+%F" in t else t for t in tokens]
     try:
         command.make_context(path[-1], list(tokens), parent=ctx)
     except TyperException as exc:
@@ -287,24 +278,94 @@ def test_the_resolver_rejects_what_the_cli_does_not_have() -> None:
             _resolve(argv, "self-test")
 
 
-def test_feature_build_computes_yesterday_and_stops_when_validation_fails() -> None:
-    [(_, cron)] = [(p, o) for p, o in _objects() if o["kind"] == "CronJob" and o["metadata"]["name"] == "feature-build"]
+def _cronjob(name: str) -> dict[str, Any]:
+    [cron] = [obj for _, obj in _objects() if obj["kind"] == "CronJob" and obj["metadata"]["name"] == name]
+    return cron
+
+
+def _start_seconds(schedule: str) -> int:
+    """Seconds into its day at which a once-a-day schedule fires."""
+    minute, hour = schedule.split()[:2]
+    return int(hour) * 3600 + int(minute) * 60
+
+
+def test_daily_pipeline_runs_without_a_shell_on_the_day_that_just_ended() -> None:
+    from jobs.pipeline import default_day
+
+    cron = _cronjob(PIPELINE)
     [container] = _pod_template(cron)["spec"]["containers"]
-    script = _argv(container)[-1]
-    assert script.index("churn data validate") < script.index("churn features build"), script
-    assert "churn data validate &&" in script
-    assert '--start "$(date -u -d yesterday +%F)"' in script
+    assert _argv(container) == ["churn", "pipeline", "daily"], "no --date: the CLI's default day is yesterday"
+    assert cron["spec"]["timeZone"] == "Etc/UTC"
+    # Whatever time of day it fires, the day it processes is the one that ended at the last UTC midnight.
+    fired = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(seconds=_start_seconds(cron["spec"]["schedule"]))
+    assert default_day(Settings(now=fired)) == date(2026, 2, 28)
 
 
-def test_materialize_cronjob_cannot_overlap_and_is_bounded() -> None:
-    [cron] = [o for _, o in _objects() if o["kind"] == "CronJob" and o["metadata"]["name"] == "materialize"]
-    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
-    job = cron["spec"]["jobTemplate"]["spec"]
+def test_only_the_daily_pipeline_runs_its_steps_on_a_schedule() -> None:
+    for path, obj in _workloads():
+        if obj["kind"] != "CronJob" or obj["metadata"]["name"] == PIPELINE:
+            continue
+        for container in _pod_template(obj)["spec"]["containers"]:
+            steps = {_resolve(argv, _ref(path, obj)) for argv in _churn_invocations(container)} & PIPELINE_STEPS
+            assert not steps, f"{_ref(path, obj)} runs {steps} on a schedule of its own, racing {PIPELINE}"
+
+
+def test_daily_pipeline_cannot_overlap_is_bounded_and_ends_before_the_retrain() -> None:
+    cron = _cronjob(PIPELINE)
+    spec, job = cron["spec"], cron["spec"]["jobTemplate"]["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
     assert job["backoffLimit"] >= 1
-    # Shorter than the hourly period, so a hung run cannot hold back the next one.
-    assert 0 < job["activeDeadlineSeconds"] < 3600
+    # Room for a retry and a caught-up missed day, and still over within the day.
+    assert 3 * MEASURED_RUN_SECONDS <= job["activeDeadlineSeconds"] < 86400
+    assert spec["startingDeadlineSeconds"] > 0
+    # The latest a run can end (created at the deadline, running to its limit) is before the retrain reads features.
+    latest_end = _start_seconds(spec["schedule"]) + spec["startingDeadlineSeconds"] + job["activeDeadlineSeconds"]
+    assert latest_end <= _start_seconds(_cronjob("retrain")["spec"]["schedule"])
+    [container] = _pod_template(cron)["spec"]["containers"]
+    [data] = [mount for mount in container["volumeMounts"] if mount["mountPath"] == "/data"]
+    assert not data.get("readOnly"), "it writes validated tables, features, the build manifest and its metrics"
     config = {o["metadata"]["name"]: o for _, o in _objects() if o["kind"] == "ConfigMap"}["churn-config"]
-    assert config["data"]["CHURN_PUSHGATEWAY_URL"], "materialize pushes its metrics to the Pushgateway"
+    assert config["data"]["CHURN_PUSHGATEWAY_URL"], "the pipeline pushes its metrics to the Pushgateway"
+
+
+def _readme_jobs() -> list[tuple[str, list[dict[str, Any]]]]:
+    """(CronJob, JSON patch operations) of every Job the README creates from a CronJob."""
+    text = (K8S / "README.md").read_text()
+    jobs = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
+        for command in block.replace("\\\n", " ").splitlines():
+            source = re.search(r"--from=cronjob/([\w-]+)", command)
+            if source:
+                patches = [json.loads(patch) for patch in re.findall(r"-p '([^']*)'", command)]
+                jobs.append((source.group(1), [operation for patch in patches for operation in patch]))
+    return jobs
+
+
+def _apply_patch(document: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `add` and `replace` operations of a JSON patch (RFC 6902): all the README uses."""
+    document = copy.deepcopy(document)
+    for operation in operations:
+        *parents, last = operation["path"].strip("/").split("/")
+        target: Any = document
+        for key in parents:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        assert operation["op"] in {"add", "replace"}, operation
+        # kubectl refuses to replace what is not there.
+        assert operation["op"] == "add" or last in target, f"{operation}: nothing to replace"
+        target[last] = copy.deepcopy(operation["value"])
+    return document
+
+
+def test_readme_recipes_create_jobs_the_cli_accepts() -> None:
+    runs = []
+    for name, operations in _readme_jobs():
+        job = {"spec": _cronjob(name)["spec"]["jobTemplate"]["spec"]}
+        [container] = _apply_patch(job, operations)["spec"]["template"]["spec"]["containers"]
+        [argv] = _churn_invocations(container)
+        runs.append((_resolve(argv, f"k8s/README.md: job from cronjob/{name} with {operations}"), argv))
+    commands = {command for command, _ in runs}
+    assert {("pipeline", "daily"), ("materialize",), ("train",)} <= commands
+    assert any(command == ("pipeline", "daily") and "--date" in argv for command, argv in runs), "re-running day D"
 
 
 # ----------------------------------------------------------------------------------------------- probes, routes
@@ -456,11 +517,11 @@ def _valid_cron(schedule: str) -> bool:
 
 def test_cronjob_schedules_are_valid_five_field_cron() -> None:
     schedules = {obj["metadata"]["name"]: obj["spec"]["schedule"] for _, obj in _objects() if obj["kind"] == "CronJob"}
-    assert set(schedules) == {"feature-build", "materialize", "retrain"}
+    assert set(schedules) == {PIPELINE, "retrain"}
     for name, schedule in schedules.items():
         assert _valid_cron(schedule), f"{name}: {schedule!r}"
-    assert schedules["feature-build"] == "0 1 * * *"
-    assert schedules["materialize"].split()[:2] == ["0", "2-23"]
+    # Once a day, after the day's drop has landed.
+    assert schedules[PIPELINE] == "0 1 * * *"
     assert schedules["retrain"].split()[2:4] == ["*", "*"] and schedules["retrain"].split()[4] != "*"
     for bad in ("0 1 * *", "60 1 * * *", "0 24 * * *", "0 5-2 * * *", "*/0 * * * *", "@daily"):
         assert not _valid_cron(bad), bad
@@ -469,18 +530,63 @@ def test_cronjob_schedules_are_valid_five_field_cron() -> None:
 # ------------------------------------------------------------------------------------- alerts, dashboard, metrics
 
 
-def _exported_metric_names(tmp_path: Path) -> set[str]:
-    """Sample names the code exposes: the API's registry and what `churn materialize` pushes."""
-    from jobs.materialize import MaterializationReport, export_metrics
+# Labels Prometheus adds itself: the scraped pod's (by annotation) and the Pushgateway group's.
+TARGET_LABELS = {"job", "instance", "pod", "namespace"}
+
+
+def _serving_metrics() -> Any:
+    """The API's metrics with a sample of every labelled series (a label set exists only once used)."""
     from serving.metrics import ServingMetrics
 
-    report = MaterializationReport("t", None, datetime.now(UTC), True, 0, None, 0.0)
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-    names = set()
-    for registry in (ServingMetrics().registry, export_metrics(report, tmp_path / "materialize.prom")):
+    metrics = ServingMetrics()
+    metrics.observe_request("/predict", 200, 0.003)
+    metrics.observe_prediction(0.42, "medium")
+    metrics.set_model("churn", "3", "champion")
+    metrics.model_load_failed(RuntimeError("MLflow unreachable"))
+    metrics.missing.labels("user_account").inc()
+    metrics.stale.labels("user_status_daily").inc()
+    return metrics
+
+
+def _pushed_metrics(tmp_path: Path) -> Any:
+    """What `churn pipeline daily` pushes after an incremental load of both sources."""
+    from jobs.materialize import MaterializationReport, SourceRun, export_metrics
+
+    end = datetime(2026, 3, 1, tzinfo=UTC)
+    runs = [
+        SourceRun(SNAPSHOT_TABLE, ("user_status_daily",), end - timedelta(days=8), end, 1000, 1000, end),
+        SourceRun(ACCOUNT_TABLE, ("user_account",), end - timedelta(days=1), end, 12, 12, end - timedelta(hours=3)),
+    ]
+    report = MaterializationReport("churn", "production", "incremental", "builds 41..41", 41, runs, end, 35.0)
+    return export_metrics(report, tmp_path / "materialize.prom")
+
+
+def _exported_series(tmp_path: Path) -> dict[str, set[str]]:
+    """Sample name -> the label names its samples carry, over the API's registry and what the pipeline pushes."""
+    series: dict[str, set[str]] = {}
+    for registry in (_serving_metrics().registry, _pushed_metrics(tmp_path)):
         for family in registry.collect():
-            names |= {family.name + suffix for suffix in suffixes[family.type]}
-    return names
+            for sample in family.samples:
+                series.setdefault(sample.name, set()).update(sample.labels)
+    return series
+
+
+def _query_problems(expr: str, exported: dict[str, set[str]]) -> list[str]:
+    """Metrics the query names that nothing exports, label matchers those metrics lack, and grouping labels
+    (`by`/`without`) that none of its metrics carries."""
+    problems = []
+    labels = set(TARGET_LABELS)
+    for name, matchers in re.findall(r"\b(churn_[a-z0-9_]+)(?:\{([^}]*)\})?", expr):
+        if name not in exported:
+            problems.append(f"{name}: nothing exports it")
+            continue
+        labels |= exported[name]
+        unknown = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers)) - exported[name] - TARGET_LABELS
+        problems += [f"{name}{{{label}}}: no such label" for label in sorted(unknown)]
+    for grouping in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        grouped = {label.strip() for label in grouping.split(",") if label.strip()}
+        problems += [f"by/without ({label}): no metric of the query has it" for label in sorted(grouped - labels)]
+    return problems
 
 
 def _alert_rules() -> dict[str, Any]:
@@ -495,11 +601,25 @@ def _expressions() -> list[str]:
     return rules + [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
 
 
-def test_alerts_and_dashboard_use_only_metrics_the_code_exports(tmp_path: Path) -> None:
+def test_alerts_and_dashboard_use_only_metrics_and_labels_the_code_exports(tmp_path: Path) -> None:
+    exported = _exported_series(tmp_path)
+    assert {"churn_materialize_rows_written", "churn_materialize_last_run"} <= exported.keys()
     used = {name for expr in _expressions() for name in re.findall(r"\bchurn_[a-z0-9_]+", expr)}
     assert used, "no churn metric used"
-    missing = used - _exported_metric_names(tmp_path)
-    assert not missing, f"metrics nothing exports: {sorted(missing)}"
+    problems = {expr: found for expr in _expressions() if (found := _query_problems(expr, exported))}
+    assert not problems, problems
+
+
+def test_the_query_check_catches_unknown_metrics_and_labels(tmp_path: Path) -> None:
+    exported = _exported_series(tmp_path)
+    for bad in (
+        "churn_materialize_users_written",  # a name the job no longer exports
+        'churn_materialize_rows_written{view="user_account"}',  # rows are per source, not per view
+        "sum by (mode) (churn_materialize_rows_written)",
+        'churn_model_load_failures_total{status="500"}',
+    ):
+        assert _query_problems(bad, exported), bad
+    assert not _query_problems('sum by (source) (churn_materialize_rows_written{source!="none"})', exported)
 
 
 def test_alerts_cover_the_agreed_conditions() -> None:
@@ -510,6 +630,8 @@ def test_alerts_cover_the_agreed_conditions() -> None:
         "ChurnFeaturesStale",
         "ChurnMaterializeNotSucceeding",
         "ChurnModelNotLoaded",
+        "ChurnModelLoadFailing",
+        "ChurnModelPollerStalled",
     } <= names
 
 
@@ -554,7 +676,29 @@ def test_alert_rules_pass_promtool_check(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-# Series evolve one sample a minute from t=0 (so time() is the minutes elapsed x 60).
+# As the Pushgateway exposes it: its grouping key (the push's job name) and an empty instance.
+_PUSHED_SUCCESS = (
+    'churn_materialize_last_success_timestamp_seconds{job="churn-materialize",instance="",project="churn"}'
+)
+
+
+def _champion_pod(name: str) -> str:
+    return f'instance="{name}:8000",pod="churn-api-{name}"'
+
+
+def _pods_alerting(*names: str) -> list[dict[str, Any]]:
+    return [
+        {"exp_labels": {"instance": f"{name}:8000", "pod": f"churn-api-{name}", "severity": "warning"}}
+        for name in names
+    ]
+
+
+def _failing_every_third_minute(since: int, until: int) -> str:
+    """A failure counter over minutes 0..60 that grows by one every third minute in (since, until]."""
+    return " ".join(str(max(0, min(minute, until) // 3 - since // 3)) for minute in range(61))
+
+
+# Series evolve one sample per interval from t=0 (so time() is the seconds elapsed).
 _RULE_TESTS = [
     {  # 5 failing /predict requests in 105, plus /ready 503s that must not count
         "interval": "1m",
@@ -599,7 +743,7 @@ _RULE_TESTS = [
     {  # last success pushed at t=0 and never again; features 2.5 days old; no pod reports a model
         "interval": "1m",
         "input_series": [
-            {"series": 'churn_materialize_last_success_timestamp_seconds{project="churn"}', "values": "0x1700"},
+            {"series": _PUSHED_SUCCESS, "values": "0x1700"},
             {"series": "churn_feature_age_seconds", "values": "216000x1700"},
         ],
         "alert_rule_test": [
@@ -624,7 +768,7 @@ _RULE_TESTS = [
     {  # healthy: pushed every minute, fresh features, a model on two pods
         "interval": "1m",
         "input_series": [
-            {"series": 'churn_materialize_last_success_timestamp_seconds{project="churn"}', "values": "0+60x1700"},
+            {"series": _PUSHED_SUCCESS, "values": "0+60x1700"},
             {"series": "churn_feature_age_seconds", "values": "3600x1700"},
             {"series": 'churn_model_info{pod="a",name="churn",version="3",alias="champion"}', "values": "1x1700"},
             {"series": 'churn_model_info{pod="b",name="churn",version="3",alias="champion"}', "values": "1x1700"},
@@ -639,7 +783,84 @@ _RULE_TESTS = [
             )
         ],
     },
+    {  # the daily cadence: a success pushed at t=0 and after 24 h, then the third day's run fails
+        "interval": "10m",
+        "input_series": [{"series": _PUSHED_SUCCESS, "values": "0x144 86400x200"}],
+        "alert_rule_test": [
+            # Just before a day's push the last success is 24 h old: a normal day never fires.
+            {"eval_time": "24h", "alertname": "ChurnMaterializeNotSucceeding", "exp_alerts": []},
+            {"eval_time": "49h", "alertname": "ChurnMaterializeNotSucceeding", "exp_alerts": []},
+            {
+                "eval_time": "50h30m",
+                "alertname": "ChurnMaterializeNotSucceeding",
+                "exp_alerts": [{"exp_labels": {"severity": "critical"}}],
+            },
+        ],
+    },
+    {  # five API pods polling the champion every 30 s (two checks a minute), each seen by its success time
+        "interval": "1m",
+        "input_series": [
+            # a: every check fails from t=1m on
+            {
+                "series": f'churn_model_load_failures_total{{{_champion_pod("a")},reason="ModelNotFound"}}',
+                "values": "0+2x60",
+            },
+            {"series": f"churn_model_last_load_success_timestamp_seconds{{{_champion_pod('a')}}}", "values": "60x60"},
+            # b: one check in six fails, for one reason until 30m and another after; the others succeed
+            {
+                "series": f'churn_model_load_failures_total{{{_champion_pod("b")},reason="ConnectionError"}}',
+                "values": _failing_every_third_minute(0, 30),
+            },
+            {
+                "series": f'churn_model_load_failures_total{{{_champion_pod("b")},reason="ModelNotFound"}}',
+                "values": _failing_every_third_minute(30, 60),
+            },
+            {"series": f"churn_model_last_load_success_timestamp_seconds{{{_champion_pod('b')}}}", "values": "0+60x60"},
+            # c: healthy, with failures counted long before the window
+            {
+                "series": f'churn_model_load_failures_total{{{_champion_pod("c")},reason="ModelNotFound"}}',
+                "values": "3x60",
+            },
+            {"series": f"churn_model_last_load_success_timestamp_seconds{{{_champion_pod('c')}}}", "values": "0+60x60"},
+            # d: the poller hangs after t=2m: no failure is ever counted
+            {"series": f"churn_model_last_load_success_timestamp_seconds{{{_champion_pod('d')}}}", "values": "120x60"},
+            # e: no champion until t=15m (every check fails), then it serves: loaded before the stall alert's `for` ends
+            {
+                "series": f'churn_model_load_failures_total{{{_champion_pod("e")},reason="ModelNotFound"}}',
+                "values": "0+2x15 30x45",
+            },
+            {
+                "series": f"churn_model_last_load_success_timestamp_seconds{{{_champion_pod('e')}}}",
+                "values": "0x14 900+60x45",
+            },
+        ],
+        "alert_rule_test": [
+            # Failing since 1m (a, e) or 3m (b): not yet for 15 minutes.
+            {"eval_time": "10m", "alertname": "ChurnModelLoadFailing", "exp_alerts": []},
+            {"eval_time": "17m", "alertname": "ChurnModelLoadFailing", "exp_alerts": _pods_alerting("a", "e")},
+            # e's failures ended at 15m; b's go on under changing reasons; c's are old.
+            {"eval_time": "30m", "alertname": "ChurnModelLoadFailing", "exp_alerts": _pods_alerting("a", "b")},
+            # Neither of b's reasons alone has been failing for 15 minutes by now.
+            {"eval_time": "45m", "alertname": "ChurnModelLoadFailing", "exp_alerts": _pods_alerting("a", "b")},
+            # No success for 10 polls since 6m (e), 7m (a) or 8m (d): not yet for 10 minutes.
+            {"eval_time": "15m", "alertname": "ChurnModelPollerStalled", "exp_alerts": []},
+            {"eval_time": "20m", "alertname": "ChurnModelPollerStalled", "exp_alerts": _pods_alerting("a", "d")},
+        ],
+    },
 ]
+
+
+def test_champion_stall_threshold_counts_the_configured_polls() -> None:
+    [rule] = [
+        r
+        for group in _alert_rules()["spec"]["groups"]
+        for r in group["rules"]
+        if r["alert"] == "ChurnModelPollerStalled"
+    ]
+    polls, period = map(int, re.search(r">\s*(\d+)\s*\*\s*(\d+)", rule["expr"]).groups())
+    config = {o["metadata"]["name"]: o for _, o in _objects() if o["kind"] == "ConfigMap"}["churn-config"]
+    assert period == float(config["data"]["CHURN_MODEL_POLL_SECONDS"]), "the threshold counts polls of this period"
+    assert polls >= 3, "a single slow or failed check must not look like a stalled poller"
 
 
 def test_alert_rules_fire_when_they_should_and_only_then(tmp_path: Path) -> None:
