@@ -55,9 +55,11 @@ def _expected_at(arrived: Settings, instant: pd.Timestamp, users: list[int]) -> 
     accounts = pd.read_parquet(arrived.paths.features / "user_account")
     valid = accounts[accounts.valid_from <= instant].sort_values(["valid_from", "created"])
     account = valid.groupby("user_id").tail(1).set_index("user_id")
-    return newest.drop(columns=["event_timestamp", "created"]).join(
-        account.drop(columns=["valid_from", "created"]), how="outer"
-    ).reindex(users)
+    return (
+        newest.drop(columns=["event_timestamp", "created"])
+        .join(account.drop(columns=["valid_from", "created"]), how="outer")
+        .reindex(users)
+    )
 
 
 def test_what_training_reads_at_t_is_what_had_arrived_by_t(settings, tmp_path):
