@@ -68,10 +68,9 @@ class MaterializationReport:
     sources: list[SourceRun] = field(default_factory=list)
     newest_feature_timestamp: datetime | None = None
     duration_seconds: float = 0.0
-
-    @property
-    def users_written(self) -> int:
-        return sum(run.received for run in self.sources)
+    users_written: int = 0
+    """Users whose newest rows the run wrote and read back, each counted once: a user's row of every source lives
+    in one entry of the online store (one Redis hash)."""
 
     def as_dict(self) -> dict[str, object]:
         def plain(value: object) -> object:
@@ -79,7 +78,6 @@ class MaterializationReport:
 
         body = {key: plain(value) for key, value in asdict(self).items() if key != "sources"}
         body["sources"] = [{k: plain(v) for k, v in asdict(run).items()} for run in self.sources]
-        body["users_written"] = self.users_written
         return body
 
 
@@ -209,7 +207,8 @@ def _load(store: FeatureStore, views: Sequence[FeatureView], window: _Window) ->
 
 def _run_source(
     store: FeatureStore, state: OnlineState, source: str, views: list[FeatureView], window: _Window
-) -> SourceRun:
+) -> tuple[SourceRun, np.ndarray]:
+    """Load one source and check the store received it; the run and the users it wrote."""
     logger.info("loading %s (%s) from %s to %s", source, ", ".join(v.name for v in views), window.start, window.end)
     _load(store, views, window)
     users, seconds = _newest_rows(views[0], window.end, window.start)
@@ -220,7 +219,29 @@ def _run_source(
             f"{window.start}..{window.end}: it did not receive what was written"
         )
     newest = datetime.fromtimestamp(int(seconds.max()), UTC) if seconds.size else None
-    return SourceRun(source, tuple(v.name for v in views), window.start, window.end, users.size, received, newest)
+    run = SourceRun(source, tuple(v.name for v in views), window.start, window.end, users.size, received, newest)
+    return run, users
+
+
+def _run_sources(
+    store: FeatureStore,
+    state: OnlineState,
+    groups: dict[str, list[FeatureView]],
+    mode: Mode,
+    todo: list[BuildRecord],
+    end: datetime,
+) -> tuple[list[SourceRun], int]:
+    """Every source's run, and how many distinct users they wrote together."""
+    runs, written = [], np.zeros(0, dtype=np.int64)
+    if mode == "noop":
+        return runs, 0
+    for source, views in groups.items():
+        window = _window(source, views, mode, todo, end)
+        if window is not None:
+            run, users = _run_source(store, state, source, views, window)
+            runs.append(run)
+            written = np.union1d(written, users)
+    return runs, int(written.size)
 
 
 def _newest(runs: Sequence[SourceRun], previous: Watermark | None) -> dict[str, str]:
@@ -246,18 +267,14 @@ def materialize(settings: Settings, end: datetime | None = None) -> Materializat
     previous = state.watermark()
     mode, reason, todo = _decide(state, previous, builds, groups, end)
     logger.info("materialisation of %s (%s): %s, %s", store.project, settings.feast_profile, mode, reason)
-    runs = []
-    if mode != "noop":
-        for source, views in groups.items():
-            window = _window(source, views, mode, todo, end)
-            if window is not None:
-                runs.append(_run_source(store, state, source, views, window))
+    runs, users_written = _run_sources(store, state, groups, mode, todo, end)
     watermark = Watermark(builds[-1].seq, _newest(runs, previous), settings.clock().isoformat())
     state.set_watermark(watermark)
     snapshots = _snapshot_source(groups)
     newest = watermark.newest_of(snapshots) if snapshots else None
+    duration = time.perf_counter() - began
     report = MaterializationReport(
-        store.project, settings.feast_profile, mode, reason, watermark.build, runs, newest, time.perf_counter() - began
+        store.project, settings.feast_profile, mode, reason, watermark.build, runs, newest, duration, users_written
     )
     logger.info("online store holds build %d: %d users written", report.build, report.users_written)
     return report
