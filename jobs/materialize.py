@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -139,18 +139,29 @@ def _holds(state: OnlineState, views: Sequence[FeatureView], users: np.ndarray, 
     return (online >= seconds[:, None]).all(axis=1)
 
 
-def _sample_missing(state: OnlineState, views: Sequence[FeatureView], end: datetime) -> int:
-    """Of a sample of the users whose newest row the store should hold (within the ttl, for expiring views), how
-    many it lacks."""
+def _sample_missing(
+    state: OnlineState, views: Sequence[FeatureView], end: datetime, rewritten_from: datetime | None
+) -> tuple[int, int]:
+    """(lacking, sampled): of a sample of the users whose newest row the store should hold, how many it lacks.
+
+    The store holds the watermark's build, so rows that later builds rewrote (from ``rewritten_from`` on) may be
+    missing yet: the sample is of the newest rows before that. For expiring views, only of rows within the ttl (a
+    refill loads no older ones)."""
     ttl = min((view.ttl for view in views if view.ttl), default=None)
-    users, seconds = _newest_rows(views[0], end, end - ttl if ttl else EPOCH)
+    upper = min(end, rewritten_from - timedelta(microseconds=1)) if rewritten_from else end
+    users, seconds = _newest_rows(views[0], upper, end - ttl if ttl else EPOCH)
     if users.size == 0:
-        return 0
+        return 0, 0
     pick = np.linspace(0, users.size - 1, min(SAMPLE_USERS, users.size)).astype(int)
-    return int((~_holds(state, views, users[pick], seconds[pick])).sum())
+    return int((~_holds(state, views, users[pick], seconds[pick])).sum()), pick.size
 
 
 # --- deciding what to load -----------------------------------------------------------------------------------------
+
+
+def _rewritten_from(source: str, builds: list[BuildRecord]) -> datetime | None:
+    """The earliest event time among the source's rows these builds added or changed (None: they changed none)."""
+    return min((moment for build in builds if (moment := build.changed_since(source)) is not None), default=None)
 
 
 def _decide(
@@ -165,14 +176,15 @@ def _decide(
         return "refill", "the online store holds no watermark (first run, or it lost its data)", builds
     if watermark.build > latest:
         return "refill", f"the online store holds build {watermark.build}, newer than the last build {latest}", builds
+    later = [build for build in builds if build.seq > watermark.build]
     for source, views in groups.items():
-        missing = _sample_missing(state, views, end)
+        missing, sampled = _sample_missing(state, views, end, _rewritten_from(source, later))
         if missing:
-            reason = f"the online store lacks {missing} of {SAMPLE_USERS} sampled users' newest {source} rows"
+            reason = f"the online store lacks {missing} of {sampled} sampled users' newest {source} rows"
             return "refill", reason, builds
-    if watermark.build == latest:
+    if not later:
         return "noop", f"the online store already holds build {latest}", []
-    return "incremental", f"builds {watermark.build + 1}..{latest}", [b for b in builds if b.seq > watermark.build]
+    return "incremental", f"builds {watermark.build + 1}..{latest}", later
 
 
 def _window(
@@ -187,11 +199,27 @@ def _window(
         _, seconds = _newest_rows(views[0], end)
         newest = datetime.fromtimestamp(int(seconds.max()), UTC) if seconds.size else end
         return _Window(newest - max(ttls), end)
-    changed = [moment for build in builds if (moment := build.changed_since(source)) is not None]
-    return _Window(min(changed), end) if changed else None
+    rewritten_from = _rewritten_from(source, builds)
+    return _Window(rewritten_from, end) if rewritten_from else None
 
 
 # --- loading and checking ----------------------------------------------------------------------------------------
+
+
+def _ensure_tables(store: FeatureStore, views: Sequence[FeatureView]) -> None:
+    """Create the views' online tables where they are missing, as ``feast apply`` would on a new store.
+
+    A deleted SQLite file comes back without them, and ``feast apply`` does not recreate them: the registry still
+    records them as deployed. The registry is left as it is, so ``feast plan`` stays clean. Redis has no tables."""
+    online_store = get_provider(store.config).online_store
+    online_store.update(
+        store.config,
+        tables_to_delete=[],
+        tables_to_keep=list(views),
+        entities_to_delete=[],
+        entities_to_keep=[],
+        partial=True,
+    )
 
 
 def _load(store: FeatureStore, views: Sequence[FeatureView], window: _Window) -> None:
@@ -235,6 +263,7 @@ def _run_sources(
     runs, written = [], np.zeros(0, dtype=np.int64)
     if mode == "noop":
         return runs, 0
+    _ensure_tables(store, [view for views in groups.values() for view in views])
     for source, views in groups.items():
         window = _window(source, views, mode, todo, end)
         if window is not None:
