@@ -7,7 +7,9 @@ Writes a year of daily snapshots (the feature build's layout: one Parquet file p
 ``tests.feature_repo.factories``) for ``--users`` users with a vectorised numpy/pyarrow writer, reused from
 ``data/bench/historical_<users>x<days>_<DATA_VERSION>`` across runs, and an entity frame of ``--users x --times`` label
 rows (weekly observation times, each at a random time of day). A snapshot is normally created 2 h after its event
-time; 5 % arrive late (3 h to 3 days), so with the label times ``created <= t`` excludes some picks. Then, each in its
+time; 5 % arrive late (3 h to 3 days), so with the label times ``created <= t`` excludes some picks. The account
+table (one open-account row per user, from before the first day) is written beside them, as the FeatureService also
+reads the ``user_account`` view; the reference and the checksum cover the snapshot features only. Then, each in its
 own subprocess so peak RSS is the job's own:
 
 * reference: hand-written DuckDB SQL over the same Parquet with the same semantics as the feature views'
@@ -47,21 +49,16 @@ import typer
 
 from churn_common.names import FEATURE_SERVICE
 from churn_common.settings import PROJECT_ROOT, Settings
-from tests.feature_repo.factories import FLOAT_STEMS, STATUS_FLOAT, STATUS_STR, feature_columns
+from tests.feature_repo.factories import FLOAT_STEMS, STATUS_FLOAT, feature_columns, random_accounts, write_accounts
 
 START = date(2025, 1, 1)
 TS = pa.timestamp("us", tz="UTC")
 TTL = timedelta(days=2)
 # Bump when the generated data changes, so data/bench kept by --keep from an older layout is not reused.
-DATA_VERSION = "v2"
+DATA_VERSION = "v3"
 CREATED_DELAY = timedelta(hours=2)
 LATE_FRACTION = 0.05
 LATE_DELAY = (timedelta(hours=3), timedelta(days=3))
-CATEGORIES = {
-    "plan": ["free", "paid"],
-    "country": ["DE", "BR", "US", "IN", "FR"],
-    "acquisition_channel": ["ads", "organic", "referral"],
-}
 BENCH_ROOT = PROJECT_ROOT / "data" / "bench"
 
 app = typer.Typer(add_completion=False)
@@ -76,9 +73,6 @@ def _day_end(day: date) -> pd.Timestamp:
 
 
 def _column(name: str, rng: np.random.Generator, n: int) -> pa.Array:
-    if name in STATUS_STR:
-        choices = pa.array(CATEGORIES[name])
-        return pa.DictionaryArray.from_arrays(pa.array(rng.integers(0, len(choices), n)), choices).cast(pa.string())
     if _is_float(name):
         # One decimal keeps the files at a realistic size (Parquet dictionary-encodes them) without changing the work.
         values = rng.gamma(2.0, 10.0, size=n).round(1)
@@ -144,7 +138,7 @@ def _checksum(table: pa.Table) -> dict[str, list[float]]:
     out = {}
     for name in feature_columns():
         column = table.column(name)
-        total = 0.0 if name in STATUS_STR else float(pc.sum(column).as_py() or 0.0)
+        total = float(pc.sum(column).as_py() or 0.0)
         out[name] = [len(column) - column.null_count, round(total, 3)]
     return out
 
@@ -276,10 +270,11 @@ def _measure(kind: str, child_args: list[str], max_rss_gib: float) -> dict:
 def _prepare(data_dir: Path, n_users: int, n_days: int) -> None:
     from churn_common.store import apply_repo
 
-    snapshots = Settings(data_dir=data_dir).paths.snapshots
-    if not snapshots.exists():
+    paths = Settings(data_dir=data_dir).paths
+    if not paths.snapshots.exists():
         started = time.perf_counter()
-        rows = write_snapshots(snapshots, n_users, [START + timedelta(days=i) for i in range(n_days)])
+        rows = write_snapshots(paths.snapshots, n_users, [START + timedelta(days=i) for i in range(n_days)])
+        write_accounts(random_accounts(range(1, n_users + 1), seed=n_users), paths)
         print(f"wrote {rows:,} snapshot rows in {time.perf_counter() - started:.0f}s", flush=True)
     os.environ["CHURN_DATA_DIR"] = str(data_dir)
     apply_repo(Settings(data_dir=data_dir, feast_project="bench_historical"))

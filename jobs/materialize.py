@@ -68,10 +68,9 @@ class MaterializationReport:
     sources: list[SourceRun] = field(default_factory=list)
     newest_feature_timestamp: datetime | None = None
     duration_seconds: float = 0.0
-
-    @property
-    def users_written(self) -> int:
-        return sum(run.received for run in self.sources)
+    users_written: int = 0
+    """Users whose newest rows the run wrote and read back, each counted once: a user's row of every source lives
+    in one entry of the online store (one Redis hash)."""
 
     def as_dict(self) -> dict[str, object]:
         def plain(value: object) -> object:
@@ -79,7 +78,6 @@ class MaterializationReport:
 
         body = {key: plain(value) for key, value in asdict(self).items() if key != "sources"}
         body["sources"] = [{k: plain(v) for k, v in asdict(run).items()} for run in self.sources]
-        body["users_written"] = self.users_written
         return body
 
 
@@ -142,18 +140,24 @@ def _holds(state: OnlineState, views: Sequence[FeatureView], users: np.ndarray, 
     return (online >= seconds[:, None]).all(axis=1)
 
 
-def _sample_missing(state: OnlineState, views: Sequence[FeatureView], held_until: datetime) -> int:
-    """Of a sample of the users whose newest row (up to ``held_until``, the newest the watermark says the store
-    holds; within the ttl for expiring views) the store should hold, how many it lacks."""
+def _sample_missing(state: OnlineState, views: Sequence[FeatureView], held_until: datetime) -> tuple[int, int]:
+    """(lacking, sampled): of a sample of the users whose newest row up to ``held_until`` (the newest the watermark
+    says the store holds: rows of later builds may be missing yet) the store should hold, how many it lacks. For
+    expiring views, only of rows within the ttl before it (a refill loads no older ones)."""
     ttl = min((view.ttl for view in views if view.ttl), default=None)
     users, seconds = _newest_rows(views[0], held_until, held_until - ttl if ttl else EPOCH)
     if users.size == 0:
-        return 0
+        return 0, 0
     pick = np.linspace(0, users.size - 1, min(SAMPLE_USERS, users.size)).astype(int)
-    return int((~_holds(state, views, users[pick], seconds[pick])).sum())
+    return int((~_holds(state, views, users[pick], seconds[pick])).sum()), pick.size
 
 
 # --- deciding what to load -----------------------------------------------------------------------------------------
+
+
+def _rewritten_from(source: str, builds: list[BuildRecord]) -> datetime | None:
+    """The earliest event time among the source's rows these builds added or changed (None: they changed none)."""
+    return min((moment for build in builds if (moment := build.changed_since(source)) is not None), default=None)
 
 
 def _decide(
@@ -168,17 +172,18 @@ def _decide(
         return "refill", "the online store holds no watermark (first run, or it lost its data)", builds
     if watermark.build > latest:
         return "refill", f"the online store holds build {watermark.build}, newer than the last build {latest}", builds
+    later = [build for build in builds if build.seq > watermark.build]
     for source, views in groups.items():
         held_until = watermark.newest_of(source)
         if held_until is None:
             return "refill", f"the online store's watermark names no {source} rows", builds
-        missing = _sample_missing(state, views, held_until)
+        missing, sampled = _sample_missing(state, views, held_until)
         if missing:
-            reason = f"the online store lacks {missing} of {SAMPLE_USERS} sampled users' newest {source} rows"
+            reason = f"the online store lacks {missing} of {sampled} sampled users' newest {source} rows"
             return "refill", reason, builds
-    if watermark.build == latest:
+    if not later:
         return "incremental", f"no build after {latest}: rows due since {watermark.end}", []
-    return "incremental", f"builds {watermark.build + 1}..{latest}", [b for b in builds if b.seq > watermark.build]
+    return "incremental", f"builds {watermark.build + 1}..{latest}", later
 
 
 def _window(
@@ -199,13 +204,29 @@ def _window(
         _, seconds = _newest_rows(views[0], end)
         newest = datetime.fromtimestamp(int(seconds.max()), UTC) if seconds.size else end
         return _Window(newest - max(ttls), end)
-    starts = [moment for build in builds if (moment := build.changed_since(source)) is not None]
+    starts = [moment] if (moment := _rewritten_from(source, builds)) else []
     if watermark is not None and watermark.loaded_until < end:
         starts.append(watermark.loaded_until)
     return _Window(min(starts), end) if starts else None
 
 
 # --- loading and checking ----------------------------------------------------------------------------------------
+
+
+def _ensure_tables(store: FeatureStore, views: Sequence[FeatureView]) -> None:
+    """Create the views' online tables where they are missing, as ``feast apply`` would on a new store.
+
+    A deleted SQLite file comes back without them, and ``feast apply`` does not recreate them: the registry still
+    records them as deployed. The registry is left as it is, so ``feast plan`` stays clean. Redis has no tables."""
+    online_store = get_provider(store.config).online_store
+    online_store.update(
+        store.config,
+        tables_to_delete=[],
+        tables_to_keep=list(views),
+        entities_to_delete=[],
+        entities_to_keep=[],
+        partial=True,
+    )
 
 
 def _load(store: FeatureStore, views: Sequence[FeatureView], window: _Window) -> None:
@@ -221,7 +242,8 @@ def _load(store: FeatureStore, views: Sequence[FeatureView], window: _Window) ->
 
 def _run_source(
     store: FeatureStore, state: OnlineState, source: str, views: list[FeatureView], window: _Window
-) -> SourceRun:
+) -> tuple[SourceRun, np.ndarray]:
+    """Load one source and check the store received it; the run and the users it wrote."""
     logger.info("loading %s (%s) from %s to %s", source, ", ".join(v.name for v in views), window.start, window.end)
     _load(store, views, window)
     users, seconds = _newest_rows(views[0], window.end, window.start)
@@ -232,7 +254,29 @@ def _run_source(
             f"{window.start}..{window.end}: it did not receive what was written"
         )
     newest = datetime.fromtimestamp(int(seconds.max()), UTC) if seconds.size else None
-    return SourceRun(source, tuple(v.name for v in views), window.start, window.end, users.size, received, newest)
+    run = SourceRun(source, tuple(v.name for v in views), window.start, window.end, users.size, received, newest)
+    return run, users
+
+
+def _run_sources(
+    store: FeatureStore,
+    state: OnlineState,
+    groups: dict[str, list[FeatureView]],
+    mode: Mode,
+    todo: list[BuildRecord],
+    end: datetime,
+    previous: Watermark | None,
+) -> tuple[list[SourceRun], int]:
+    """Every source's run, and how many distinct users they wrote together."""
+    runs, written = [], np.zeros(0, dtype=np.int64)
+    _ensure_tables(store, [view for views in groups.values() for view in views])
+    for source, views in groups.items():
+        window = _window(source, views, mode, todo, end, previous)
+        if window is not None:
+            run, users = _run_source(store, state, source, views, window)
+            runs.append(run)
+            written = np.union1d(written, users)
+    return runs, int(written.size)
 
 
 def _newest(runs: Sequence[SourceRun], previous: Watermark | None) -> dict[str, str]:
@@ -258,12 +302,8 @@ def materialize(settings: Settings, end: datetime | None = None) -> Materializat
     previous = state.watermark()
     mode, reason, todo = _decide(state, previous, builds, groups)
     logger.info("materialisation of %s (%s): %s, %s", store.project, settings.feast_profile, mode, reason)
-    runs = []
-    for source, views in groups.items():
-        window = _window(source, views, mode, todo, end, previous)
-        if window is not None:
-            runs.append(_run_source(store, state, source, views, window))
-    if mode == "incremental" and not todo and not any(run.received for run in runs):
+    runs, users_written = _run_sources(store, state, groups, mode, todo, end, previous)
+    if mode == "incremental" and not todo and not users_written:
         mode, reason = "noop", f"the online store already holds build {builds[-1].seq}; nothing became due"
     loaded_until = max(end, previous.loaded_until) if previous and mode != "refill" else end
     watermark = Watermark(
@@ -272,8 +312,9 @@ def materialize(settings: Settings, end: datetime | None = None) -> Materializat
     state.set_watermark(watermark)
     snapshots = _snapshot_source(groups)
     newest = watermark.newest_of(snapshots) if snapshots else None
+    duration = time.perf_counter() - began
     report = MaterializationReport(
-        store.project, settings.feast_profile, mode, reason, watermark.build, runs, newest, time.perf_counter() - began
+        store.project, settings.feast_profile, mode, reason, watermark.build, runs, newest, duration, users_written
     )
     logger.info("online store holds build %d: %d users written", report.build, report.users_written)
     return report

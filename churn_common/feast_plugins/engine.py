@@ -6,9 +6,14 @@ five views over one snapshot table). This engine receives all views of a run in 
 reads each source once for every view over it, streams the newest row per entity in record batches, encodes whole
 Arrow columns into the exact bytes ``ValueProto.SerializeToString()`` produces, and writes one HSET per entity
 holding every view. The Redis layout is Feast's own, byte for byte: one hash per entity key (serialised key +
-project), fields ``murmur3(view:feature)`` and ``_ts:view``. Feast's newer-wins rule (a stored ``_ts:view`` at or
-after the new event time keeps the old values) and ``key_ttl_seconds`` are kept. The FeatureStore still moves view
-states and records materialisation intervals, so ``materialize-incremental`` continues as before.
+project), fields ``murmur3(view:feature)`` and ``_ts:view``. ``key_ttl_seconds`` is kept, and so is Feast's
+newer-wins rule with one change: Feast keeps the stored values unless the new event time is later than the stored
+``_ts:view``; this engine keeps them only when it is earlier, so a row at the stored event time replaces them. A
+snapshot day is re-derived at the same event time (a later version when late events of the day arrive, a corrected
+batch), and under Feast's rule the version first written would be served for good. Within one run the newest
+version is the one read (``pull_latest_features``: newest event time, then newest created time). When
+``feast materialize`` drives the engine, the FeatureStore still moves view states and records materialisation
+intervals, so ``materialize-incremental`` continues as before.
 
 The Redis commands of a whole batch are assembled as RESP bytes with Arrow and numpy, not argument by argument in
 redis-py, and a background thread sends them while the next batch is encoded, so the client's work overlaps the
@@ -483,7 +488,7 @@ class _BackgroundWriter:
 
 
 class _RedisWriter:
-    """Writes encoded batches with Feast's newer-wins rule, checked with one pipelined HMGET buffer per batch."""
+    """Writes encoded batches unless the stored rows are newer, checked with one pipelined HMGET buffer per batch."""
 
     def __init__(self, client: redis.Redis, commands: _Commands, skip_dedup: bool) -> None:
         self._commands = commands
@@ -516,7 +521,8 @@ class _RedisWriter:
         return rows, written
 
     def _newer_than_stored(self, reads: _Connection, batch: _Batch) -> np.ndarray:
-        """Feast's rule per (entity, view): write unless the stored ``_ts:view`` is at or after the new time."""
+        """Per (entity, view): write unless the stored ``_ts:view`` is after the new time (Feast: at or after; an
+        equal time is a later version of the same snapshot, see the module docstring)."""
         reads.send(self._commands.hmget(batch.keys), len(batch.keys))
         stored = [tuple(values) for values in reads.replies(len(batch.keys))]
         # The same few tuples repeat (every view of an entity is written at once, one event time per snapshot
@@ -524,7 +530,7 @@ class _RedisWriter:
         parsed = {values: [_parsed_nanos(v) if v else 0 for v in values] for values in set(stored)}
         previous = np.array([parsed[values] for values in stored], dtype=np.int64)
         previous = previous.reshape(len(batch.keys), len(batch.views))
-        return (previous == 0) | (batch.nanos[:, None] > previous)
+        return (previous == 0) | (batch.nanos[:, None] >= previous)
 
 
 def _record_batches(job: RetrievalJob, batch_rows: int) -> Iterator[pa.RecordBatch]:

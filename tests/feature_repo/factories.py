@@ -108,3 +108,22 @@ def write_features(paths: DataPaths, snapshots: pd.DataFrame, accounts: pd.DataF
     write_accounts(accounts, paths)
     days = (snapshots["event_timestamp"] - pd.Timedelta(days=1)).dt.date
     return record_build(paths, days.min(), days.max(), datetime.now(UTC), accounts["valid_from"].min())
+
+
+def later_versions(snapshots: pd.DataFrame, user_ids, day: date, days_late: int, seed: int = 0) -> pd.DataFrame:
+    """Later versions of the day-``day`` rows of ``user_ids``, as a build that saw late events of that day arrive
+    ``days_late`` days after it writes them: the same event time, ``created`` at the end of the arrival day, other
+    values."""
+    on_day = snapshots[snapshots["user_id"].isin(list(user_ids)) & snapshots["event_timestamp"].eq(day_end(day))]
+    versions = random_snapshots(sorted(on_day["user_id"].unique()), [day], seed=seed)
+    versions["created"] = day_end(day + timedelta(days=days_late))
+    return versions
+
+
+def newest_versions(snapshots: pd.DataFrame, accounts: pd.DataFrame) -> pd.DataFrame:
+    """Per user (the index), what a complete online store serves: the newest snapshot version (newest event time,
+    then newest created) beside the newest account row (newest valid_from, then newest created)."""
+    newest_snapshot = snapshots.sort_values(["event_timestamp", "created"]).groupby("user_id").tail(1)
+    newest_account = accounts.sort_values(["valid_from", "created"]).groupby("user_id").tail(1)
+    served = newest_snapshot.set_index("user_id").drop(columns=["created"])
+    return served.join(newest_account.set_index("user_id")[list(ACCOUNT_STR)], how="outer").sort_index()

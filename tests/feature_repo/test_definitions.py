@@ -1,47 +1,97 @@
-"""The feature repo as Feast users meet it: definitions, profiles and the plain `feast` CLI."""
+"""The feature repo as Feast users meet it: definitions and profiles (the plain `feast` CLI: test_feast_cli.py)."""
 
-import os
-import shutil
-import subprocess
-import sys
-from datetime import date, timedelta
-from pathlib import Path
+from datetime import timedelta
 
 import pytest
 from feast import FeatureView
+from feast.types import Float64, Int64, String
 from pydantic import SecretStr
 
 from churn_common.errors import ConfigurationError
-from churn_common.names import FEATURE_SERVICE
-from churn_common.settings import PROJECT_ROOT
+from churn_common.feature_frame import service_schema
+from churn_common.names import (
+    ACCOUNT_STATUS,
+    ACCOUNT_TABLE,
+    CREATED_TIMESTAMP_FIELD,
+    FEATURE_SERVICE,
+    JOIN_KEY,
+    SNAPSHOT_TABLE,
+    TIMESTAMP_FIELD,
+    VALID_FROM_FIELD,
+)
+from churn_common.population import PopulationRule
 from churn_common.store import load_definitions, repo_config
-from tests.feature_repo.factories import STATUS_FLOAT, STATUS_INT, STATUS_STR, random_snapshots, write_snapshots
 from transformations.catalog import DEFAULT_CATALOG
+from transformations.snapshot_schema import ACCOUNT_SCHEMA, snapshot_schema
 
-FEAST = Path(sys.executable).with_name("feast")
+SNAPSHOT_VIEWS = {f"user_activity_{w}d" for w in DEFAULT_CATALOG.windows} | {"user_status_daily"}
+# The build's key and time columns; every other column it writes is a feature.
+SNAPSHOT_KEYS = {JOIN_KEY, TIMESTAMP_FIELD, CREATED_TIMESTAMP_FIELD}
+ACCOUNT_KEYS = {JOIN_KEY, VALID_FROM_FIELD, CREATED_TIMESTAMP_FIELD}
+FEAST_TYPES = {"int64": Int64, "float64": Float64, "string": String}
 
 
-def test_every_view_is_documented_owned_and_expires(settings):
-    views: list[FeatureView] = load_definitions(settings).feature_views
-    assert {v.name for v in views} == {f"user_activity_{w}d" for w in DEFAULT_CATALOG.windows} | {"user_status_daily"}
-    for view in views:
-        assert view.ttl and view.ttl <= timedelta(days=7), view.name
-        assert view.description and view.owner and view.tags.get("grain") == "user-day", view.name
+def _views(settings) -> dict[str, FeatureView]:
+    return {view.name: view for view in load_definitions(settings).feature_views}
+
+
+def test_every_view_is_documented_and_owned_and_snapshot_views_expire(settings):
+    views = _views(settings)
+    assert set(views) == SNAPSHOT_VIEWS | {ACCOUNT_TABLE}
+    for view in views.values():
+        assert view.description and view.owner and view.tags.get("team") == "retention", view.name
         assert all(field.description for field in view.schema), view.name
+    for name in SNAPSHOT_VIEWS:
+        assert views[name].ttl and views[name].ttl <= timedelta(days=7), name
+        assert views[name].tags["grain"] == "user-day"
+    # An account attribute holds until the account changes, however long ago that was.
+    assert not views[ACCOUNT_TABLE].ttl and views[ACCOUNT_TABLE].tags["grain"] == "user-change"
+
+
+def _declared(views) -> dict[str, str]:
+    fields = [field for view in views for field in view.schema]
+    assert len(fields) == len({field.name for field in fields}), "a feature name is declared twice"
+    return {field.name: field.dtype for field in fields}
 
 
 def test_views_declare_exactly_the_columns_the_feature_build_writes(settings):
-    contents = load_definitions(settings)
-    declared = [field.name for view in sorted(contents.feature_views, key=lambda v: v.name) for field in view.schema]
-    expected = [*DEFAULT_CATALOG.window_features(), *STATUS_INT, *STATUS_FLOAT, *STATUS_STR]
-    assert sorted(declared) == sorted(expected)
-    assert len(declared) == len(set(declared))
+    views = _views(settings)
+    snapshot_columns = snapshot_schema(DEFAULT_CATALOG).columns
+    expected = {name: FEAST_TYPES[str(c.dtype)] for name, c in snapshot_columns.items() if name not in SNAPSHOT_KEYS}
+    assert _declared(views[name] for name in SNAPSHOT_VIEWS) == expected
+    assert _declared([views[ACCOUNT_TABLE]]) == {
+        field.name: FEAST_TYPES[str(field.type)] for field in ACCOUNT_SCHEMA if field.name not in ACCOUNT_KEYS
+    }
 
 
-def test_the_model_service_reads_every_view(settings):
+def test_views_read_the_tables_the_build_writes_at_their_times(settings):
+    views = _views(settings)
+    paths = settings.paths
+    for name in SNAPSHOT_VIEWS:
+        source = views[name].batch_source
+        assert (source.name, source.path) == (SNAPSHOT_TABLE, str(paths.snapshots / "*" / "*.parquet"))
+        assert (source.timestamp_field, source.created_timestamp_column) == (TIMESTAMP_FIELD, CREATED_TIMESTAMP_FIELD)
+    source = views[ACCOUNT_TABLE].batch_source
+    assert (source.name, source.path) == (ACCOUNT_TABLE, str(paths.features / ACCOUNT_TABLE / "*.parquet"))
+    assert (source.timestamp_field, source.created_timestamp_column) == (VALID_FROM_FIELD, CREATED_TIMESTAMP_FIELD)
+
+
+def test_account_status_decides_the_population_and_is_no_model_input(settings):
+    (status,) = [field for field in _views(settings)[ACCOUNT_TABLE].schema if field.name == ACCOUNT_STATUS]
+    assert status.tags == {"role": "population"}
     (service,) = [s for s in load_definitions(settings).feature_services if s.name == FEATURE_SERVICE]
-    views = {v.name for v in load_definitions(settings).feature_views}
-    assert {p.name for p in service.feature_view_projections} == views
+    schema = service_schema(service)
+    assert schema.population_features == {ACCOUNT_STATUS}
+    assert ACCOUNT_STATUS in schema.features and ACCOUNT_STATUS not in schema.model_features
+    assert len(schema.model_features) == len(schema.features) - 1
+    PopulationRule(settings.active_window_days).require(schema.features)
+
+
+def test_the_model_service_reads_every_feature_of_every_view(settings):
+    contents = load_definitions(settings)
+    (service,) = [s for s in contents.feature_services if s.name == FEATURE_SERVICE]
+    read = {(p.name, field.name) for p in service.feature_view_projections for field in p.features}
+    assert read == {(view.name, field.name) for view in contents.feature_views for field in view.schema}
 
 
 @pytest.mark.parametrize("profile", ["embedded", "redis", "production"])
@@ -72,25 +122,3 @@ def test_production_profile_without_registry_url_names_the_missing_variable(sett
     monkeypatch.delenv("CHURN_REGISTRY_URL", raising=False)
     with pytest.raises(ConfigurationError, match="CHURN_REGISTRY_URL"):
         repo_config(settings.model_copy(update={"feast_profile": "production", "registry_url": ""}))
-
-
-@pytest.mark.slow
-def test_plain_feast_cli_works_from_the_feature_repo(tmp_path):
-    """`feast plan/apply/materialize` from feature_repo/ exactly as documented, on a copy of the repo."""
-    repo = tmp_path / "feature_repo"
-    shutil.copytree(PROJECT_ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("__pycache__"))
-    data = tmp_path / "data"
-    write_snapshots(random_snapshots([1, 2], [date(2026, 3, 1)]), data / "features" / "user_daily_snapshots")
-    env = {**os.environ, "CHURN_DATA_DIR": str(data)}
-
-    def feast(*args: str) -> str:
-        done = subprocess.run([str(FEAST), *args], cwd=repo, env=env, capture_output=True, text=True, timeout=180)
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout
-
-    assert "churn_model_v1" in feast("plan")
-    feast("apply")
-    assert (data / "feast" / "registry.db").is_file()  # ../data relative to the repo, as documented
-    feast("materialize", "2026-03-01T00:00:00", "2026-03-03T00:00:00")
-    assert (data / "feast" / "online.db").is_file()
-    assert "churn_model_v1" in feast("feature-services", "list")

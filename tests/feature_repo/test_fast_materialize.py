@@ -1,4 +1,5 @@
-"""The fast Redis batch engine writes exactly what Feast's own engine writes, and keeps Feast's bookkeeping."""
+"""The fast Redis batch engine writes what Feast's own engine writes, byte for byte, and keeps Feast's bookkeeping;
+its one deliberate difference: a row whose event time equals the stored one replaces it (Feast keeps the old)."""
 
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -10,6 +11,7 @@ import pyarrow as pa
 import pytest
 import redis
 from feast import FeatureStore, RepoConfig
+from feast.infra.compute_engines.local.compute import LocalComputeEngine
 from feast.infra.online_stores.redis import _redis_key
 from feast.infra.passthrough_provider import PassthroughProvider
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
@@ -30,19 +32,32 @@ from churn_common.feast_plugins.engine import (
 )
 from churn_common.names import FEATURE_SERVICE
 from churn_common.settings import Settings
-from churn_common.store import apply_repo, feature_store, repo_config
+from churn_common.store import apply_repo, repo_config
 from tests.conftest import TEST_REDIS_DB, unique_name
-from tests.feature_repo.conftest import delete_project_keys
-from tests.feature_repo.factories import day_end, random_snapshots, write_snapshots
+from tests.feature_repo.conftest import delete_project_keys, feast_hashes
+from tests.feature_repo.factories import (
+    ACCOUNT_VALID_FROM,
+    day_end,
+    feature_columns,
+    later_versions,
+    random_accounts,
+    random_snapshots,
+    write_features,
+    write_snapshots,
+)
 
 ENGINE = {"type": "churn_common.feast_plugins.engine.RedisBatchEngine"}
 DAYS = [date(2026, 4, 1) + timedelta(days=i) for i in range(4)]
 USERS = range(1, 301)
 STALE_USERS = range(301, 341)  # no rows in the last days
-START = day_end(DAYS[0]).to_pydatetime() - timedelta(days=1)
+CLOSED_USERS = range(291, 311)  # an account row closing them on the second day, fresh and stale users alike
+# From the account rows' valid_from on: the account view has no ttl, its rows are as old as the accounts.
+START = ACCOUNT_VALID_FROM.to_pydatetime()
 END = (day_end(DAYS[-1]) + timedelta(hours=3)).to_pydatetime()
 NEXT_DAY = DAYS[-1] + timedelta(days=1)
 NEXT_END = (day_end(NEXT_DAY) + timedelta(hours=3)).to_pydatetime()
+# Per user hash: 56 snapshot features in five views, 4 account fields, one `_ts:<view>` per view.
+HASH_FIELDS = 56 + 4 + 6
 
 
 # --- column encoders against Feast's own serialisation ------------------------------------------------------------
@@ -160,17 +175,27 @@ def test_yaml_batch_engine_entry_resolves_to_this_engine(tmp_path):
 
 
 def _snapshots() -> pd.DataFrame:
-    """Random snapshots plus what production data has: negative trends, unicode, and a rebuilt day (same event
-    time, later created timestamp, other values) that must win."""
+    """Random snapshots plus what production data has: negative trends, huge counts, and a later version of the
+    newest day (same event time, later created timestamp, other values) that must win."""
     frame = pd.concat(
-        [random_snapshots(USERS, DAYS, seed=21), random_snapshots(STALE_USERS, DAYS[:1], seed=22)], ignore_index=True
+        [
+            random_snapshots(USERS, DAYS, seed=21, created_delay=timedelta(0)),
+            random_snapshots(STALE_USERS, DAYS[:1], seed=22, created_delay=timedelta(0)),
+        ],
+        ignore_index=True,
     )
     rng = np.random.default_rng(23)
     frame["active_days_trend_7d"] = rng.integers(-7, 8, size=len(frame))
-    frame.loc[frame.index % 7 == 0, "country"] = "Côte d’Ivoire"
     frame.loc[frame.index % 11 == 0, "sessions_90d"] = 2**40
-    rebuilt = random_snapshots(range(1, 51), DAYS[-1:], seed=24, created_delay=timedelta(hours=5))
-    return pd.concat([frame, rebuilt], ignore_index=True)
+    return pd.concat([frame, later_versions(frame, range(1, 51), DAYS[-1], days_late=1, seed=24)], ignore_index=True)
+
+
+def _accounts() -> pd.DataFrame:
+    """Open accounts, some closed on the second day, and unicode among the categories."""
+    closed = dict.fromkeys(CLOSED_USERS, day_end(DAYS[1]) - timedelta(hours=6))
+    accounts = random_accounts([*USERS, *STALE_USERS], seed=25, closed=closed)
+    accounts.loc[accounts.index % 7 == 0, "country"] = "Côte d’Ivoire"
+    return accounts
 
 
 def _settings(tmp_path, name: str) -> Settings:
@@ -183,25 +208,25 @@ def _settings(tmp_path, name: str) -> Settings:
     )
 
 
-def _fast_store(settings: Settings) -> FeatureStore:
+def _store_with_engine(settings: Settings, engine: dict[str, str]) -> FeatureStore:
     config = repo_config(settings)
-    config.batch_engine_config = ENGINE
+    config.batch_engine_config = engine
     return FeatureStore(repo_path=str(settings.feature_repo), config=config)
 
 
 def _contents(client: redis.Redis, project: str) -> dict[bytes, dict[bytes, bytes]]:
     suffix = project.encode()
-    return {key[: -len(suffix)]: client.hgetall(key) for key in client.scan_iter(match=f"*{project}", count=1000)}
+    return {key[: -len(suffix)]: client.hgetall(key) for key in feast_hashes(client, project)}
 
 
 @pytest.fixture
 def both(tmp_path, redis_client) -> Iterator[tuple[Settings, Settings]]:
     """Settings of two projects over the same snapshots: one for Feast's default engine, one for the fast one."""
     default, fast = _settings(tmp_path, "default"), _settings(tmp_path, "fast")
-    snapshots = _snapshots()
+    snapshots, accounts = _snapshots(), _accounts()
     try:
         for settings in (default, fast):
-            write_snapshots(snapshots, settings.paths.snapshots)
+            write_features(settings.paths, snapshots, accounts)
             apply_repo(settings)
         yield default, fast
     finally:
@@ -212,9 +237,11 @@ def both(tmp_path, redis_client) -> Iterator[tuple[Settings, Settings]]:
 @pytest.fixture
 def stores(both) -> tuple[FeatureStore, FeatureStore]:
     default, fast = both
-    fast_store = _fast_store(fast)
+    # The redis profile names our engine: the reference pins Feast's own local engine.
+    default_store, fast_store = _store_with_engine(default, {"type": "local"}), _store_with_engine(fast, ENGINE)
+    assert type(default_store._get_provider().batch_engine) is LocalComputeEngine
     assert type(fast_store._get_provider().batch_engine) is RedisBatchEngine
-    return feature_store(default), fast_store
+    return default_store, fast_store
 
 
 def _intervals(store: FeatureStore) -> dict[str, list[tuple]]:
@@ -229,7 +256,7 @@ def test_fast_engine_writes_the_same_bytes_as_feast(stores, redis_client):
 
     expected = _contents(redis_client, default.project)
     assert len(expected) == len(USERS) + len(STALE_USERS)
-    assert all(len(fields) == 59 + 5 for fields in expected.values())
+    assert all(len(fields) == HASH_FIELDS for fields in expected.values())
     assert _contents(redis_client, fast.project) == expected
     assert _intervals(fast) == _intervals(default)
 
@@ -249,7 +276,8 @@ def test_online_features_through_the_service_are_identical(stores):
 
     expected = read(default)
     assert read(fast) == expected
-    assert sum(v is not None for v in expected["user_status_daily__plan"]) == len(USERS) + len(STALE_USERS)
+    assert sum(v is not None for v in expected["user_account__plan"]) == len(USERS) + len(STALE_USERS)
+    assert sum(v == "closed" for v in expected["user_account__account_status"]) == len(CLOSED_USERS)
 
 
 @pytest.mark.redis
@@ -269,15 +297,54 @@ def test_incremental_runs_continue_and_older_windows_never_overwrite(both, store
     expected = _contents(redis_client, default.project)
     assert _contents(redis_client, fast.project) == expected
 
-    # Re-running the first window must leave the newer values in place, as Feast's write path does.
+    # Re-running the first window must leave the newer values in place, as Feast's write path does. The users
+    # without a newer row get their stored row again: Feast skips it, ours rewrites the same bytes.
     for store in (default, fast):
         store.materialize(start_date=START, end_date=END)
     assert _contents(redis_client, default.project) == expected
     assert _contents(redis_client, fast.project) == expected
+    rows = [{"user_id": 1}, {"user_id": 200}]
     newest = fast.get_online_features(
-        features=["user_status_daily:plan"], entity_rows=[{"user_id": 1}, {"user_id": 200}], full_feature_names=True
+        features=["user_status_daily:tenure_days"], entity_rows=rows, full_feature_names=True
     ).to_dict(include_event_timestamps=True)
-    assert newest["user_status_daily__plan__ts"] == [day_end(d).timestamp() for d in (NEXT_DAY, DAYS[-1])]
+    assert newest["user_status_daily__tenure_days__ts"] == [day_end(d).timestamp() for d in (NEXT_DAY, DAYS[-1])]
+
+
+def _served(store: FeatureStore, user_ids: list[int]) -> pd.DataFrame:
+    """The snapshot features the store serves for these users, read through Feast."""
+    service = store.get_feature_service(FEATURE_SERVICE)
+    frame = store.get_online_features(features=service, entity_rows=[{"user_id": u} for u in user_ids]).to_df()
+    return frame.set_index("user_id")[feature_columns()]
+
+
+@pytest.mark.redis
+def test_a_later_version_at_the_stored_event_time_replaces_it_in_our_engine_only(both, stores, redis_client):
+    """A later version of the newest day (late events arrived, a corrected batch) has the event time already stored.
+    Feast's engine skips it (it writes only ``event_time > stored``); ours writes it (skips only ``<``)."""
+    default, fast = stores
+    for store in (default, fast):
+        store.materialize(start_date=START, end_date=END)
+    first = _contents(redis_client, default.project)
+    assert _contents(redis_client, fast.project) == first
+    revised_users = list(range(41, 121))  # some of them had a later version already, some not
+    original = _served(default, revised_users)
+    revised = later_versions(_snapshots(), revised_users, DAYS[-1], days_late=2, seed=27)
+    for settings in both:
+        write_snapshots(revised, settings.paths.snapshots, part="part-revised")
+
+    for store in (default, fast):
+        store.materialize(start_date=START, end_date=NEXT_END)
+    # Feast's rule: nothing changed, the stored event time equals the new one.
+    assert _contents(redis_client, default.project) == first
+    # Ours: the revised users now get the later version, at the same event time; nobody else changed.
+    expected = revised.set_index("user_id")[feature_columns()].astype(original.dtypes.to_dict())
+    pd.testing.assert_frame_equal(_served(fast, revised_users), expected, check_names=False)
+    assert not _served(fast, revised_users).equals(original)
+    after = _contents(redis_client, fast.project)
+    changed = {key for key in first if after[key] != first[key]}
+    assert len(changed) == len(revised_users)
+    ts_field = b"_ts:user_status_daily"
+    assert all(after[key][ts_field] == first[key][ts_field] for key in changed)
 
 
 @pytest.mark.redis
@@ -285,7 +352,7 @@ def test_key_ttl_seconds_is_applied_to_every_key(stores, redis_client):
     _, fast = stores
     fast.config.online_store.key_ttl_seconds = 3_600
     fast.materialize(start_date=START, end_date=END)
-    keys = list(redis_client.scan_iter(match=f"*{fast.project}", count=1000))
+    keys = feast_hashes(redis_client, fast.project)
     assert len(keys) == len(USERS) + len(STALE_USERS)
     assert all(0 < redis_client.ttl(key) <= 3_600 for key in keys)
 
@@ -306,4 +373,4 @@ def test_an_error_reply_stops_the_run_with_a_clear_error(stores, redis_client):
     # The connections with unread replies were dropped, not reused: after removing the culprit, a run succeeds.
     redis_client.delete(key)
     fast.materialize(start_date=START, end_date=END)
-    assert redis_client.hlen(key) == 59 + 5
+    assert redis_client.hlen(key) == HASH_FIELDS

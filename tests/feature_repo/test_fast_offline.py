@@ -15,28 +15,31 @@ from churn_common.feature_frame import normalize, service_schema
 from churn_common.names import FEATURE_SERVICE
 from churn_common.settings import Settings
 from churn_common.store import apply_repo, repo_config
-from tests.feature_repo.factories import day_end, random_snapshots, write_snapshots
-from tests.feature_repo.test_point_in_time import DAYS, label_times, oracle
+from tests.feature_repo.factories import day_end, random_accounts, random_snapshots, write_features
+from tests.feature_repo.test_point_in_time import (
+    DAYS,
+    UPGRADE_AT,
+    account_history,
+    label_times,
+    oracle,
+    versioned_snapshots,
+)
 from training.dataset import get_training_frame
 
 ROW = "row_id"
+RESTATED = 6
 
 
 @pytest.fixture
-def snapshots(settings: Settings) -> pd.DataFrame:
-    """Gaps longer than the ttl, late starts, NULL floats, strings, a backfilled row and a created-time tie."""
-    frame = random_snapshots(range(1, 31), DAYS, seed=11)
-    gap = frame["user_id"].gt(20) & frame["event_timestamp"].between(day_end(DAYS[8]), day_end(DAYS[13]))
-    late = frame["user_id"].gt(10) & frame["event_timestamp"].lt(day_end(DAYS[3]))
-    frame = frame[~gap & ~late].reset_index(drop=True)
-    # Day 10 of users 1-5 recomputed two days later with other values: a later created time, same event time.
-    backfill = frame[frame["user_id"].le(5) & frame["event_timestamp"].eq(day_end(DAYS[10]))].copy()
-    backfill["sessions_7d"] += 1000
-    backfill["plan"] = "backfilled"
-    backfill["created"] = backfill["event_timestamp"] + timedelta(days=2)
-    write_snapshots(frame, settings.paths.snapshots)
-    write_snapshots(backfill, settings.paths.snapshots, part="part-backfill")
-    return pd.concat([frame, backfill], ignore_index=True)
+def history(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Versioned snapshots with gaps longer than the ttl, late starts, closings and NULL floats; an account history
+    with late-known upgrades and a restated row (same valid_from, later created, another country)."""
+    snapshots, accounts = versioned_snapshots(), account_history()
+    restated = accounts[accounts["user_id"].eq(RESTATED)].head(1).copy()
+    restated["country"], restated["created"] = "restated", day_end(DAYS[6])
+    accounts = pd.concat([accounts, restated], ignore_index=True)
+    write_features(settings.paths, snapshots, accounts)
+    return snapshots, accounts
 
 
 def _store(settings: Settings, offline_store) -> FeatureStore:
@@ -48,7 +51,7 @@ def _store(settings: Settings, offline_store) -> FeatureStore:
 
 
 @pytest.fixture
-def stores(settings: Settings, snapshots) -> tuple[FeatureStore, FeatureStore]:
+def stores(settings: Settings, history) -> tuple[FeatureStore, FeatureStore]:
     """(fast, feast) over one registry."""
     apply_repo(settings)
     fast = _store(settings, FastDuckDBOfflineStoreConfig())
@@ -58,8 +61,16 @@ def stores(settings: Settings, snapshots) -> tuple[FeatureStore, FeatureStore]:
 
 def _entities() -> pd.DataFrame:
     entities = label_times(range(1, 31))
-    backfill_window = day_end(DAYS[10]) + pd.Timedelta(hours=13)  # between the original and the backfill
-    extra = pd.DataFrame({"user_id": [1, 2, 31], "event_timestamp": [backfill_window] * 3, "label": [0, 1, 0]})
+    # Between day 4's on-time version and its later ones; after the upgrade, before it was known; before the
+    # restatement was created; a user the store never saw.
+    extra = pd.DataFrame(
+        {
+            "user_id": [1, 2, RESTATED, 31],
+            "event_timestamp": [day_end(DAYS[4]) + pd.Timedelta(hours=13), UPGRADE_AT + pd.Timedelta(hours=2)]
+            + [day_end(DAYS[6]) - pd.Timedelta(hours=2), day_end(DAYS[6])],
+            "label": [0, 1, 0, 1],
+        }
+    )
     extra["event_timestamp"] = extra["event_timestamp"].astype("datetime64[us, UTC]")
     entities = pd.concat([entities, extra], ignore_index=True)
     return entities.assign(**{ROW: range(len(entities))})
@@ -93,25 +104,30 @@ def test_same_output_as_feast(stores, filter_created, full_feature_names):
     )
     pd.testing.assert_frame_equal(got, expected)
     assert list(got.columns) == list(expected.columns)
-    assert 0.2 < got.iloc[:, -1].notna().mean() < 0.95
+    sessions = got["user_activity_7d__sessions_7d" if full_feature_names else "sessions_7d"]
+    assert 0.2 < sessions.notna().mean() < 0.95
 
 
 @pytest.mark.parametrize("filter_created", [True, False])
-def test_backfill_visible_only_without_created_filter(stores, filter_created):
+def test_later_versions_and_changes_visible_only_without_created_filter(stores, history, filter_created):
     service = stores[1].get_feature_service(FEATURE_SERVICE)
     got, _ = _both(stores, service, filter_by_created_timestamp=filter_created)
-    row = got[got[ROW] == len(got) - 3]  # user 1, a day after day 10: the backfill exists but is not yet created
-    assert (row["sessions_7d"].item() >= 1000) is not filter_created
-    assert (row["plan"].item() == "backfilled") is not filter_created
+    snapshots, _ = history
+    day_4 = snapshots[snapshots["user_id"].eq(1) & snapshots["event_timestamp"].eq(day_end(DAYS[4]))]
+    on_time, newest = day_4.sort_values("created")["sessions_7d"].iloc[[0, -1]]
+    user_1, user_2, restated = (got[got[ROW] == row] for row in range(len(got) - 4, len(got) - 1))
+    assert on_time != newest and user_1["sessions_7d"].item() == (on_time if filter_created else newest)
+    assert user_2["plan"].item() == ("free" if filter_created else "paid")
+    assert (restated["country"].item() == "restated") is not filter_created
 
 
 @pytest.mark.parametrize("filter_created", [True, False])
-def test_training_frame_matches_oracle(settings, stores, snapshots, filter_created):
+def test_training_frame_matches_oracle(settings, stores, history, filter_created):
     fast = stores[0]
     entities = _entities().drop(columns=ROW)
     frame = get_training_frame(fast, entities, FEATURE_SERVICE, filter_by_created_timestamp=filter_created)
     schema = service_schema(fast.get_feature_service(FEATURE_SERVICE))
-    expected = normalize(oracle(snapshots, entities, list(schema.features), filter_created), schema)
+    expected = normalize(oracle(*history, entities, list(schema.features), filter_created), schema)
     pd.testing.assert_frame_equal(frame[entities.columns], entities)
     pd.testing.assert_frame_equal(frame[list(schema.features)].reset_index(drop=True), expected)
 
@@ -142,22 +158,25 @@ def test_per_view_ttls_on_one_source(stores, filter_created):
     assert got["short__sessions_7d"].notna().sum() < got["long__sessions_7d"].notna().sum()
 
 
+NAIVE_REFS = ["user_account:plan", "user_status_daily:tenure_days"]
+
+
 def test_naive_entity_timestamps_give_feasts_output(stores):
     fast, feast = stores
     entities = _entities().assign(event_timestamp=lambda e: e["event_timestamp"].dt.tz_localize(None))
-    got = fast.get_historical_features(entity_df=entities.copy(), features=["user_status_daily:plan"]).to_df()
-    expected = feast.get_historical_features(entity_df=entities.copy(), features=["user_status_daily:plan"]).to_df()
+    got = fast.get_historical_features(entity_df=entities.copy(), features=NAIVE_REFS).to_df()
+    expected = feast.get_historical_features(entity_df=entities.copy(), features=NAIVE_REFS).to_df()
     pd.testing.assert_frame_equal(_sorted(got), _sorted(expected))
 
 
 def test_field_mapping_falls_back_to_feast(stores):
     fast, feast = stores
     view = copy.deepcopy(feast.get_feature_view("user_status_daily"))
-    view.batch_source.field_mapping = {"plan": "plan"}
-    assert _plan([view], ["user_status_daily:plan"], full_feature_names=False) is None
+    view.batch_source.field_mapping = {"tenure_days": "tenure_days"}
+    assert _plan([view], ["user_status_daily:tenure_days"], full_feature_names=False) is None
     view.batch_source.field_mapping = {}
-    assert _plan([view], ["user_status_daily:plan"], full_feature_names=False) is not None
-    assert _plan([view], ["some_on_demand_view:plan"], full_feature_names=False) is None
+    assert _plan([view], ["user_status_daily:tenure_days"], full_feature_names=False) is not None
+    assert _plan([view], ["some_on_demand_view:tenure_days"], full_feature_names=False) is None
 
 
 # --- filter_by_created_timestamp on late-created data ---------------------------------------------------------------
@@ -166,19 +185,19 @@ def test_field_mapping_falls_back_to_feast(stores):
 def _recomputed(frame: pd.DataFrame, users, day, created_after: timedelta, bump: int) -> pd.DataFrame:
     rows = frame[frame["user_id"].isin(users) & frame["event_timestamp"].eq(day_end(day))].copy()
     rows["sessions_7d"] += bump
-    rows["plan"] = f"recomputed+{bump}"
     rows["created"] = rows["event_timestamp"] + created_after
     return rows
 
 
 @pytest.fixture
-def late_snapshots(settings: Settings) -> pd.DataFrame:
-    """Snapshots whose created times make the created-time filter change the answer.
+def late_history(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Snapshots and account rows whose created times make the created-time filter change the answer.
 
     Users 1-6: days 4 and 10 recomputed three days later (after later days' snapshots were created). Users 3-8:
     day 7 recomputed 6 h later (same event time, a created-time tie for labels after both). User 9: a row created
     before its event time. User 10: an extra row without a created time. User 11: every snapshot created 30 h
-    late. Users 7-12 start on day 3, users 9-12 miss days 8-13 (longer than the ttl).
+    late. Users 7-12 start on day 3, users 9-12 miss days 8-13 (longer than the ttl). Accounts: user 4's change
+    is known two days after it took effect, user 5's closing a day before.
     """
     frame = random_snapshots(range(1, 13), DAYS, seed=23)
     late = frame["user_id"].gt(6) & frame["event_timestamp"].lt(day_end(DAYS[3]))
@@ -196,13 +215,19 @@ def late_snapshots(settings: Settings) -> pd.DataFrame:
     # The recomputed day-15 row of user 9 is stored with an event time 12 h later than its created time.
     nine = extra["user_id"].eq(9)
     extra.loc[nine, "event_timestamp"] = extra.loc[nine, "event_timestamp"] + timedelta(hours=7)
-    write_snapshots(frame, settings.paths.snapshots)
-    write_snapshots(extra, settings.paths.snapshots, part="part-late")
-    return pd.concat([frame, extra], ignore_index=True)
+    snapshots = pd.concat([frame, extra], ignore_index=True)
+    accounts = random_accounts(range(1, 13), seed=24, closed={5: day_end(DAYS[12])})
+    changed = accounts[accounts["user_id"].eq(4)].copy()
+    changed["valid_from"], changed["country"] = day_end(DAYS[9]) + timedelta(hours=2), "moved"
+    changed["created"] = changed["valid_from"] + timedelta(days=2)
+    accounts = pd.concat([accounts, changed], ignore_index=True)
+    accounts.loc[accounts["account_status"].eq("closed"), "created"] = day_end(DAYS[11])
+    write_features(settings.paths, snapshots, accounts)
+    return snapshots, accounts
 
 
 @pytest.fixture
-def late_stores(settings: Settings, late_snapshots) -> tuple[FeatureStore, FeatureStore]:
+def late_stores(settings: Settings, late_history) -> tuple[FeatureStore, FeatureStore]:
     apply_repo(settings)
     return _store(settings, FastDuckDBOfflineStoreConfig()), _store(settings, DuckDBOfflineStoreConfig())
 
@@ -223,7 +248,9 @@ def test_created_filter_on_late_data_equals_feast(late_stores):
     unfiltered, _ = _both(late_stores, service, _dense_labels())
     changed = got["sessions_7d"].ne(unfiltered["sessions_7d"]) & unfiltered["sessions_7d"].notna()
     assert changed.sum() > 50  # the filter really decides many of these rows
-    assert got["plan"].str.startswith("recomputed").sum() > 10  # and late rows are picked once created
+    assert got["sessions_7d"].ge(1000).sum() > 10  # and late rows are picked once created
+    moved, moved_unfiltered = got["country"].eq("moved").sum(), unfiltered["country"].eq("moved").sum()
+    assert 5 < moved < moved_unfiltered  # the account change too, once known
     assert 0.2 < got["sessions_7d"].notna().mean() < 0.95
 
 
@@ -242,10 +269,10 @@ def test_created_filter_without_ttl_equals_feast(late_stores):
     assert got["forever__sessions_7d"].ne(unfiltered["forever__sessions_7d"]).sum() > 50
 
 
-def test_created_filter_matches_oracle(settings, late_stores, late_snapshots):
+def test_created_filter_matches_oracle(settings, late_stores, late_history):
     fast = late_stores[0]
     entities = _dense_labels().drop(columns=ROW)
     frame = get_training_frame(fast, entities, FEATURE_SERVICE, filter_by_created_timestamp=True)
     schema = service_schema(fast.get_feature_service(FEATURE_SERVICE))
-    expected = normalize(oracle(late_snapshots, entities, list(schema.features), True), schema)
+    expected = normalize(oracle(*late_history, entities, list(schema.features), True), schema)
     pd.testing.assert_frame_equal(frame[list(schema.features)].reset_index(drop=True), expected)
