@@ -304,7 +304,7 @@ def materialize(settings: Settings, end: datetime | None = None) -> Materializat
     logger.info("materialisation of %s (%s): %s, %s", store.project, settings.feast_profile, mode, reason)
     runs, users_written = _run_sources(store, state, groups, mode, todo, end, previous)
     if mode == "incremental" and not todo and not users_written:
-        mode, reason = "noop", f"the online store already holds build {builds[-1].seq}; nothing became due"
+        mode, reason, runs = "noop", f"the online store already holds build {builds[-1].seq}; nothing became due", []
     loaded_until = max(end, previous.loaded_until) if previous and mode != "refill" else end
     watermark = Watermark(
         builds[-1].seq, _newest(runs, previous), loaded_until.isoformat(), settings.clock().isoformat()
