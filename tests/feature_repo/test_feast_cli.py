@@ -1,7 +1,8 @@
 """The plain `feast` CLI from the feature repo, as the README offers it, beside the `churn` commands.
 
 Each test copies feature_repo/ into its tmp dir with a data dir beside it, so the YAML's ``../data`` is the test's
-data dir (project ``churn``, the YAML's own), and runs the real CLIs as subprocesses.
+data dir (project ``churn``, the YAML's own). `feast` runs as the real CLI in a subprocess; `churn` runs through its
+typer app in this process (the same code the console script calls, without paying Feast's imports again).
 """
 
 import json
@@ -16,9 +17,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from feast import FeatureStore
+from typer.testing import CliRunner
 
 from churn_common.names import FEATURE_SERVICE
 from churn_common.settings import PROJECT_ROOT, Settings
+from jobs.cli import app as churn
 from tests.feature_repo.factories import (
     day_end,
     feature_columns,
@@ -56,13 +59,17 @@ class Checkout:
         }
 
     def run(self, program: str, *args: str) -> str:
-        done = subprocess.run(
-            [str(BIN / program), *args], cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=240
-        )
-        output = done.stdout + done.stderr
+        if program == "churn":
+            result = CliRunner().invoke(churn, list(args), env=self.env, catch_exceptions=False)
+            stdout, output, code = result.stdout, result.output, result.exit_code
+        else:
+            done = subprocess.run(
+                [str(BIN / program), *args], cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=240
+            )
+            stdout, output, code = done.stdout, done.stdout + done.stderr, done.returncode
         self.outputs.append(f"$ {program} {' '.join(args)}\n{output}")
-        assert done.returncode == 0, output[-3000:]
-        return done.stdout
+        assert code == 0, output[-3000:]
+        return stdout
 
     def materialize(self) -> dict:
         out = self.run("churn", "materialize")
