@@ -38,7 +38,7 @@ import typer
 
 from benchmarks.bench_features import ACTIVE_SHARE_BETA, EXTRA_EVENTS_PER_ACTIVE_DAY, TYPE_P
 from churn_common.settings import Settings
-from transformations.catalog import DEFAULT_CATALOG
+from products.elearning import CATALOG as ELEARNING
 
 START = date(2026, 1, 1)
 DAY_US = 86_400 * 1_000_000
@@ -86,7 +86,7 @@ def _day_events(rng: np.random.Generator, day: int, propensity: np.ndarray, cust
         {
             "user_id": pa.array(user_ids),
             "event_timestamp": pa.array(stamps, TS),
-            "event_type": pa.array(np.array(DEFAULT_CATALOG.names)[types]),
+            "event_type": pa.array(np.array(ELEARNING.names)[types]),
             "value": pa.array(value, mask=np.isnan(value)),
             "ingested_at": pa.array(stamps + delay, TS),
         }
@@ -143,7 +143,7 @@ def full(data_dir: Path, project: str, days: int) -> None:
     settings = _settings(data_dir, project, last)
     started = time.perf_counter()
     drops = [settings.paths.raw_events / f"date={(START + timedelta(days=d)).isoformat()}" for d in range(days)]
-    validate(settings.paths, now=settings.clock(), max_quarantine_share=0.05, events_source=drops)
+    validate(settings.paths, catalog=ELEARNING, now=settings.clock(), max_quarantine_share=0.05, events_source=drops)
     validated = time.perf_counter()
     build = build_features(settings, end=last)
     built = time.perf_counter()

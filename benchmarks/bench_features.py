@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import typer
 
 from churn_common.settings import Settings
-from transformations.catalog import DEFAULT_CATALOG
+from products.elearning import CATALOG as ELEARNING
 from transformations.snapshot_schema import ACCOUNT_SCHEMA
 
 START = date(2026, 1, 1)
@@ -81,7 +81,7 @@ def _write_day(root: Path, rng: np.random.Generator, day: int, propensity: np.nd
     counts = 1 + rng.poisson(EXTRA_EVENTS_PER_ACTIVE_DAY, active.size)
     user_ids = np.repeat(active + 1, counts).astype("int64")
     types = rng.choice(len(TYPE_P), user_ids.size, p=TYPE_P)
-    names = np.array(DEFAULT_CATALOG.names)[types]
+    names = np.array(ELEARNING.names)[types]
     value = np.where(np.isin(types, [1, 2, 5]), np.round(rng.uniform(0, 100, user_ids.size), 2), np.nan)
     stamps = _epoch_us(START + timedelta(days=day)) + rng.integers(0, DAY_US, user_ids.size)
     order = np.lexsort((stamps, user_ids))

@@ -47,8 +47,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import typer
 
-from churn_common.names import FEATURE_SERVICE
 from churn_common.settings import PROJECT_ROOT, Settings
+from products.elearning import FEATURE_SERVICE
 from tests.feature_repo.factories import FLOAT_STEMS, STATUS_FLOAT, feature_columns, random_accounts, write_accounts
 
 START = date(2025, 1, 1)

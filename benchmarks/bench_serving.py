@@ -35,11 +35,11 @@ import httpx
 import redis
 from fastapi import FastAPI
 
-from churn_common.names import FEATURE_SERVICE
 from churn_common.online import read_online
 from churn_common.settings import PROJECT_ROOT, Settings
 from churn_common.store import apply_repo, feature_store
 from jobs.materialize import materialize
+from products.elearning import FEATURE_SERVICE
 from serving.app import create_app
 from serving.features import make_reader, redis_pipe
 from tests.feature_repo.factories import random_accounts, random_snapshots, with_accounts, write_features

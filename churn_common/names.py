@@ -3,10 +3,8 @@
 ENTITY_NAME = "user"
 JOIN_KEY = "user_id"
 
-# The FeatureService is the only contract between training and serving. Bump the suffix (and add a new service
-# beside the old one) when the feature set changes, so old model versions keep resolving their own features.
-# v1 read the account attributes from the daily snapshots; v2 reads them, with their history, from user_account.
-FEATURE_SERVICE = "churn_model_v2"
+# The FeatureService, the only contract between training and serving, is named by the event catalogue
+# (churn_common.catalog.EventCatalog.feature_service).
 
 SNAPSHOT_TABLE = "user_daily_snapshots"
 ACCOUNT_TABLE = "user_account"

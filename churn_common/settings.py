@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from churn_common.catalog import EventCatalog, load_catalog
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 FeastProfile = Literal["embedded", "redis", "production"]
@@ -58,6 +60,11 @@ class Settings(BaseSettings):
     n_users: int = 5_000
     start_date: date | None = Field(None, description="First generated day; empty: the period ends yesterday")
     n_days: int = 180
+
+    # --- the product ---------------------------------------------------------------------------------------
+    catalog: str = Field(
+        "products.elearning:CATALOG", description="The event catalogue every stage reads, as module:NAME"
+    )
 
     # --- validation gate -----------------------------------------------------------------------------------
     max_quarantine_share: float = Field(0.05, ge=0, le=1, description="Fail the run above this bad-row share")
@@ -112,6 +119,9 @@ class Settings(BaseSettings):
     def generated_start(self, n_days: int) -> date:
         """First day of a generated period of ``n_days``: ``start_date``, or so that the period ends yesterday."""
         return self.start_date or self.clock().date() - timedelta(days=n_days)
+
+    def event_catalog(self) -> EventCatalog:
+        return load_catalog(self.catalog)
 
     @cached_property
     def paths(self) -> DataPaths:

@@ -32,6 +32,7 @@ PROFILE_FILES = {
     "production": "feature_store.production.yaml",
 }
 DEFINITION_MODULES = ("entities", "data_sources", "feature_views", "feature_services")
+_DEFINITION_ENV = ("CHURN_DATA_DIR", "CHURN_CATALOG")
 _ENV_REFERENCE = re.compile(r"\$\{(\w+)\}")
 
 
@@ -114,13 +115,15 @@ def get_feature_service(store: FeatureStore, name: str) -> FeatureService:
 
 @contextmanager
 def _definitions_importable(settings: Settings) -> Iterator[None]:
-    """Let Feast import the repo's modules the way ``feast apply`` does, against ``settings.data_dir``.
+    """Let Feast import the repo's modules the way ``feast apply`` does, against ``settings.data_dir`` and
+    ``settings.catalog``.
 
-    Feast names modules by their path relative to the working directory, and data_sources.py reads the data
-    directory from the environment, so both are pointed at this run and restored afterwards.
+    Feast names modules by their path relative to the working directory, and the definitions read the data
+    directory and the catalogue from the environment, so all are pointed at this run and restored afterwards.
     """
-    saved_cwd, saved_env = os.getcwd(), os.environ.get("CHURN_DATA_DIR")
-    os.environ["CHURN_DATA_DIR"] = str(settings.paths.root)
+    saved_cwd = os.getcwd()
+    saved_env = {name: os.environ.get(name) for name in _DEFINITION_ENV}
+    os.environ.update({"CHURN_DATA_DIR": str(settings.paths.root), "CHURN_CATALOG": settings.catalog})
     sys.path.insert(0, str(settings.feature_repo))
     for module in DEFINITION_MODULES:
         sys.modules.pop(module, None)  # a previous run may have imported them against another data dir
@@ -130,10 +133,11 @@ def _definitions_importable(settings: Settings) -> Iterator[None]:
     finally:
         os.chdir(saved_cwd)
         sys.path.remove(str(settings.feature_repo))
-        if saved_env is None:
-            os.environ.pop("CHURN_DATA_DIR", None)
-        else:
-            os.environ["CHURN_DATA_DIR"] = saved_env
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def load_definitions(settings: Settings, project: Project | None = None) -> RepoContents:
@@ -150,10 +154,36 @@ def _project(store: FeatureStore) -> Project:
     return Project(name=store.project, description=store.config.project_description or "")
 
 
+def _features_of(service: FeatureService) -> list[tuple[str, str, str]]:
+    return [(p.name, f.name, str(f.dtype)) for p in service.feature_view_projections for f in p.features]
+
+
+def _refuse_redefinition(store: FeatureStore, contents: RepoContents) -> None:
+    """A FeatureService is a model's contract: applying other features under a registered name would change what
+    existing model versions read. A catalogue whose features change must name a new version."""
+    for service in contents.feature_services:
+        try:
+            registered = store.get_feature_service(service.name)
+        except FeatureServiceNotFoundException:
+            continue
+        if _features_of(registered) != _features_of(service):
+            raise ConfigurationError(
+                f"FeatureService {service.name!r} is registered in project {store.project!r} with other features: "
+                "a catalogue whose features changed must name a new version (EventCatalog.feature_service, e.g. "
+                f"{_next_version(service.name)!r})"
+            )
+
+
+def _next_version(name: str) -> str:
+    stem, _, number = name.rpartition("_v")
+    return f"{stem}_v{int(number) + 1}" if number.isdigit() else f"{name}_v2"
+
+
 def apply_repo(settings: Settings) -> FeatureStore:
     """``feast apply`` for this project: registers, updates and deletes objects to match the repo."""
     store = feature_store(settings)
     contents = load_definitions(settings, _project(store))
+    _refuse_redefinition(store, contents)
     apply_total_with_repo_instance(store, store.project, store.registry, contents, skip_source_validation=False)
     logger.info(
         "applied %d feature views and %d feature services to project %s",

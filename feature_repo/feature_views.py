@@ -1,32 +1,25 @@
+"""The feature views, derived from the event catalogue (``CHURN_CATALOG``, default the e-learning portal's): one
+view per window of the catalogue's engagement measures, one of recency, tenure and trends, and the account view."""
+
 from datetime import timedelta
 
 from data_sources import user_account, user_daily_snapshots
 from entities import user
 from feast import FeatureView, Field
-from feast.types import Float64, Int64, PrimitiveFeastType, String
+from feast.types import Float64, Int64, String
+
+from churn_common.settings import Settings
+from transformations.snapshot_schema import RECENCY, TENURE, integer_stems, trend_column
 
 OWNER = "ml-platform@example.com"
+CATALOG = Settings().event_catalog()
 
 # Snapshots are built daily; a value may be one build late before it is treated as missing. The same ttl
 # governs the offline point-in-time join and (through churn_common.online) online reads.
 SNAPSHOT_TTL = timedelta(days=2)
 
-# Per-window engagement measures, in the snapshot table's column order (`{stem}_{window}d`).
-WINDOW_MEASURES: tuple[tuple[str, PrimitiveFeastType, str], ...] = (
-    ("active_days", Int64, "days with at least one activity event"),
-    ("sessions", Int64, "logins"),
-    ("videos_watched", Int64, "video watch events"),
-    ("watch_minutes", Float64, "minutes of video watched"),
-    ("quiz_attempts", Int64, "quiz attempts"),
-    ("quiz_score_mean", Float64, "mean quiz score; null without attempts"),
-    ("enrolls", Int64, "course enrolments"),
-    ("completions", Int64, "course completions"),
-    ("payments", Int64, "successful payments"),
-    ("amount_paid", Float64, "amount paid"),
-    ("payment_failures", Int64, "failed payments"),
-    ("support_tickets", Int64, "support tickets opened"),
-    ("payment_fail_rate", Float64, "failed / all payment attempts; null without attempts"),
-)
+_INTEGERS = integer_stems(CATALOG)
+_TEXTS = CATALOG.stem_descriptions()
 
 
 def _activity_view(window_days: int) -> FeatureView:
@@ -35,8 +28,12 @@ def _activity_view(window_days: int) -> FeatureView:
         entities=[user],
         ttl=SNAPSHOT_TTL,
         schema=[
-            Field(name=f"{stem}_{window_days}d", dtype=dtype, description=f"{text}, last {window_days} days")
-            for stem, dtype, text in WINDOW_MEASURES
+            Field(
+                name=f"{stem}_{window_days}d",
+                dtype=Int64 if stem in _INTEGERS else Float64,
+                description=f"{_TEXTS[stem]}, last {window_days} days",
+            )
+            for stem in CATALOG.window_stems()
         ],
         source=user_daily_snapshots,
         online=True,
@@ -46,20 +43,25 @@ def _activity_view(window_days: int) -> FeatureView:
     )
 
 
-user_activity_7d = _activity_view(7)
-user_activity_14d = _activity_view(14)
-user_activity_30d = _activity_view(30)
-user_activity_90d = _activity_view(90)
+activity_views = [_activity_view(window) for window in CATALOG.windows]
+# `feast apply` finds definitions among a module's attributes: one per window, named as the view is.
+globals().update({view.name: view for view in activity_views})
 
 user_status_daily = FeatureView(
     name="user_status_daily",
     entities=[user],
     ttl=SNAPSHOT_TTL,
     schema=[
-        Field(name="days_since_last_activity", dtype=Int64, description="days since the last activity event"),
-        Field(name="tenure_days", dtype=Int64, description="days since signup"),
-        Field(name="active_days_trend_7d", dtype=Int64, description="active days: last 7 minus the 7 before"),
-        Field(name="watch_minutes_trend_7d", dtype=Float64, description="watch minutes: last 7 minus 7 before"),
+        Field(name=RECENCY, dtype=Int64, description="days since the last activity event"),
+        Field(name=TENURE, dtype=Int64, description="days since signup"),
+        *(
+            Field(
+                name=trend_column(stem),
+                dtype=Int64 if stem in _INTEGERS else Float64,
+                description=f"{_TEXTS[stem]}: last 7 days minus the 7 before",
+            )
+            for stem in CATALOG.trend_features
+        ),
     ],
     source=user_daily_snapshots,
     online=True,
@@ -68,15 +70,19 @@ user_status_daily = FeatureView(
     tags={"grain": "user-day", "window": "point", "team": "retention"},
 )
 
+_ATTRIBUTE_TEXTS = {
+    "plan": "the account's plan",
+    "country": "country of the account",
+    "acquisition_channel": "how the user was acquired",
+}
+
 # No ttl: an attribute holds until the account changes. Its history keeps past values where they were, so a change
 # is never rewritten into earlier training rows.
 user_account = FeatureView(
     name="user_account",
     entities=[user],
     schema=[
-        Field(name="plan", dtype=String, description="free or paid"),
-        Field(name="country", dtype=String, description="country of the account"),
-        Field(name="acquisition_channel", dtype=String, description="how the user was acquired"),
+        *(Field(name=name, dtype=String, description=_ATTRIBUTE_TEXTS[name]) for name in CATALOG.account_attributes),
         Field(
             name="account_status",
             dtype=String,

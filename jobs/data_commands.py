@@ -1,6 +1,5 @@
 """``churn data ...``: synthetic data generation and the validation gate."""
 
-import importlib
 import logging
 import time
 from datetime import date, timedelta
@@ -12,8 +11,8 @@ import typer
 
 from churn_common.errors import ChurnError, ConfigurationError, DataError
 from churn_common.settings import Settings
-from transformations.catalog import DEFAULT_CATALOG, EventCatalog
-from transformations.synthetic import DRIFT_CHANNEL, DRIFT_WATCH_FACTOR, GeneratorConfig, generate
+from jobs.options import CatalogOption, settings_for
+from products import GeneratorConfig, generator_for
 from transformations.validation import validate
 
 logger = logging.getLogger(__name__)
@@ -48,17 +47,15 @@ def generate_command(
     ] = 0.0,
     drift: Annotated[
         str | None,
-        typer.Option(
-            help=f"YYYY-MM-DD from which behaviour drifts: minutes per video_watch x{DRIFT_WATCH_FACTOR} "
-            f"and a new acquisition channel {DRIFT_CHANNEL!r} for signups from that day."
-        ),
+        typer.Option(help="YYYY-MM-DD from which behaviour drifts (what drifts: the product's generator's docstring)."),
     ] = None,
     dirty: Annotated[
         bool, typer.Option(help="Inject every bad-row class in known counts (raw/dirty_manifest.json).")
     ] = False,
+    catalog: CatalogOption = None,
 ) -> None:
-    """Generate synthetic raw users, events and hidden ground truth under the data directory."""
-    settings = Settings()
+    """Generate the catalogue's product's synthetic raw users, events and hidden truth under the data directory."""
+    settings = settings_for(catalog)
     try:
         n_days = days if days is not None else settings.n_days
         config = GeneratorConfig(
@@ -71,7 +68,7 @@ def generate_command(
             dirty=dirty,
         )
         began = time.perf_counter()
-        summary = generate(settings.paths, config)
+        summary = generator_for(settings.catalog)(settings.paths, config)
     except ConfigurationError as exc:
         raise _fail(exc) from exc
     last_day = config.start + timedelta(days=config.n_days - 1)
@@ -80,18 +77,6 @@ def generate_command(
         f"{summary.n_events} events in {summary.n_partitions} daily drops in {time.perf_counter() - began:.1f}s "
         f"-> {settings.paths.raw}"
     )
-
-
-def load_catalog(spec: str) -> EventCatalog:
-    """``package.module:NAME`` -> the EventCatalog object it names."""
-    module_name, _, attribute = spec.partition(":")
-    try:
-        catalog = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise typer.BadParameter(f"cannot load {spec!r}: {exc}", param_hint="--catalog") from exc
-    if not isinstance(catalog, EventCatalog):
-        raise typer.BadParameter(f"{spec!r} is a {type(catalog).__name__}, not an EventCatalog", param_hint="--catalog")
-    return catalog
 
 
 def _parse_now(text: str | None, settings: Settings) -> pd.Timestamp:
@@ -113,9 +98,7 @@ def validate_command(
         float | None,
         typer.Option(min=0.0, max=1.0, help="Fail above this share of bad rows (default: settings)."),
     ] = None,
-    catalog: Annotated[
-        str | None, typer.Option(help="Event catalogue as module:NAME (default: the e-learning catalogue).")
-    ] = None,
+    catalog: CatalogOption = None,
     events: Annotated[Path | None, typer.Option(help="Raw events: a Parquet file or directory.")] = None,
     users: Annotated[Path | None, typer.Option(help="Raw users Parquet file.")] = None,
     batch: Annotated[
@@ -130,7 +113,7 @@ def validate_command(
 
     Each batch (a daily drop raw/events/date=YYYY-MM-DD/, or a named file) replaces only its own validated
     files; an input without rows publishes nothing."""
-    settings = Settings()
+    settings = settings_for(catalog)
     try:
         report = validate(
             settings.paths,
@@ -138,7 +121,7 @@ def validate_command(
             max_quarantine_share=(
                 settings.max_quarantine_share if max_quarantine_share is None else max_quarantine_share
             ),
-            catalog=load_catalog(catalog) if catalog else DEFAULT_CATALOG,
+            catalog=settings.event_catalog(),
             users_source=users,
             events_source=events,
             batch=batch,

@@ -22,8 +22,9 @@ def _step(title: str) -> None:
 
 
 def _generate(settings: Settings, users: int, days: int) -> None:
-    from transformations.synthetic import GeneratorConfig, generate
+    from products import GeneratorConfig, generator_for
 
+    generate = generator_for(settings.catalog)
     start = settings.generated_start(days)
     _step(f"generate {users} users x {days} days ({start} .. {start + timedelta(days=days - 1)})")
     summary = generate(settings.paths, GeneratorConfig(users, start, days, settings.seed, late_share=0.02))
@@ -52,11 +53,11 @@ def _daily_pipeline(settings: Settings) -> None:
 
 
 def _train(settings: Settings) -> None:
-    from churn_common.names import FEATURE_SERVICE
     from jobs.model_commands import run_training
 
-    _step(f"train on {FEATURE_SERVICE}, register in MLflow ({settings.tracking_uri}), promote")
-    summary = run_training(settings, FEATURE_SERVICE, promote=True)
+    service = settings.event_catalog().feature_service
+    _step(f"train on {service}, register in MLflow ({settings.tracking_uri}), promote")
+    summary = run_training(settings, service, promote=True)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 

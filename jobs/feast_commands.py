@@ -7,25 +7,27 @@ from typing import Annotated
 import typer
 
 from churn_common.settings import Settings
+from jobs.options import CatalogOption, settings_for
 
 # Stage modules (Feast, DuckDB) are imported inside the commands: `churn --help` and unrelated commands
 # should not pay for loading Feast.
 
 
-def apply_command() -> None:
-    """Register the feature repo's entities, sources, views and services (like `feast apply`)."""
+def apply_command(catalog: CatalogOption = None) -> None:
+    """Register the feature repo's entities, sources, views and services (like `feast apply`), derived from the
+    catalogue."""
     from churn_common.store import apply_repo
 
-    settings = Settings()
+    settings = settings_for(catalog)
     store = apply_repo(settings)
     typer.echo(f"applied feature repo {settings.feature_repo} to project {store.project}")
 
 
-def plan_command() -> None:
+def plan_command(catalog: CatalogOption = None) -> None:
     """List what the feature repo defines, without changing the registry."""
     from churn_common.store import load_definitions
 
-    contents = load_definitions(Settings())
+    contents = load_definitions(settings_for(catalog))
     for kind in ("entities", "data_sources", "feature_views", "feature_services"):
         typer.echo(f"{kind}: {', '.join(sorted(o.name for o in getattr(contents, kind)))}")
 

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from churn_common.settings import Settings
+from jobs.options import CatalogOption, settings_for
 from transformations.features import build_features
 
 app = typer.Typer(no_args_is_help=True)
@@ -26,9 +26,10 @@ def build(
     end: Annotated[
         datetime | None, typer.Option(formats=_DAY, help="Last day to rebuild (default: last event day).")
     ] = None,
+    catalog: CatalogOption = None,
 ) -> None:
     """Build the daily per-user snapshots of rolling-window features (all days with events by default)."""
-    summary = build_features(Settings(), _day(start), _day(end))
+    summary = build_features(settings_for(catalog), _day(start), _day(end))
     typer.echo(f"build {summary.seq}: rebuilt days {summary.first_day} .. {summary.last_day}")
     typer.echo(f"  {summary.rows:,} snapshot rows written ({summary.later_versions:,} later versions)")
     typer.echo(f"snapshots: {summary.snapshots}")

@@ -10,8 +10,8 @@ import pandas as pd
 import typer
 
 from churn_common.errors import ChurnError
-from churn_common.names import FEATURE_SERVICE
 from churn_common.settings import Settings
+from jobs.options import CatalogOption, settings_for
 
 # Training modules (Feast, MLflow, scikit-learn) are imported inside the commands so that `churn --help` and the
 # other stages' commands do not pay for loading them.
@@ -37,11 +37,15 @@ def _print_json(payload: dict[str, Any]) -> None:
 
 def train(
     promote: Annotated[bool, typer.Option(help="Promote the new version to champion if it passes the gate.")] = False,
-    feature_service: Annotated[str, typer.Option(help="FeatureService to train on.")] = FEATURE_SERVICE,
+    feature_service: Annotated[
+        str | None, typer.Option(help="FeatureService to train on (default: the catalogue's).")
+    ] = None,
+    catalog: CatalogOption = None,
 ) -> None:
     """Label, build the point-in-time training set, train, and register the model as the challenger."""
     with _exit_on_error():
-        summary = run_training(Settings(), feature_service, promote)
+        settings = settings_for(catalog)
+        summary = run_training(settings, feature_service or settings.event_catalog().feature_service, promote)
     _print_json(summary)
 
 

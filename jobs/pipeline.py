@@ -20,7 +20,6 @@ from typing import Any
 from churn_common.errors import DataError
 from churn_common.settings import Settings
 from jobs.materialize import MaterializationReport, export_metrics, materialize
-from transformations.catalog import DEFAULT_CATALOG
 from transformations.features import BuildSummary, build_features
 from transformations.validation import ValidationReport, validate
 
@@ -73,7 +72,7 @@ def _validate(settings: Settings, drops: list[date]) -> ValidationReport:
         settings.paths,
         now=settings.clock(),
         max_quarantine_share=settings.max_quarantine_share,
-        catalog=DEFAULT_CATALOG,
+        catalog=settings.event_catalog(),
         events_source=[settings.paths.raw_events / f"{DROP_PREFIX}{drop.isoformat()}" for drop in drops],
         late_data_days=settings.late_data_days,
     )
@@ -96,7 +95,7 @@ def run_daily(settings: Settings, day: date | None = None) -> DailyReport:
     drops = drops_to_validate(settings, day)
     report.validation = _validate(settings, drops).as_dict()
     report.validated = [drop.isoformat() for drop in drops]
-    build = build_features(settings, start=min(drops), end=day, catalog=DEFAULT_CATALOG)
+    build = build_features(settings, start=min(drops), end=day)
     report.build = _summary(build)
     materialization: MaterializationReport = materialize(settings)
     export_metrics(materialization, settings.paths.metrics / "materialize.prom", settings.pushgateway_url)

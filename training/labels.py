@@ -23,11 +23,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from churn_common.catalog import EventCatalog
 from churn_common.errors import DataError, TrainingError
 from churn_common.names import JOIN_KEY, TIMESTAMP_FIELD
 from churn_common.population import PopulationRule, Status
 from churn_common.settings import Settings
-from transformations.catalog import DEFAULT_CATALOG, EventCatalog
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +89,10 @@ def apply_population_rule(frame: pd.DataFrame, rule: PopulationRule) -> tuple[np
     return statuses == Status.SCORED, Population(rule.active_window_days, counts)
 
 
-def build_labels(settings: Settings, catalog: EventCatalog = DEFAULT_CATALOG) -> pd.DataFrame:
+def build_labels(settings: Settings, catalog: EventCatalog | None = None) -> pd.DataFrame:
     """The candidates' entity frame: ``user_id``, ``event_timestamp`` (the observation time, UTC) and ``label``
     (0/1). The population rule still has to be applied to it after the point-in-time join."""
+    catalog = catalog or settings.event_catalog()
     events_glob = str(settings.paths.events / "date=*" / "*.parquet")
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")

@@ -31,7 +31,6 @@ from churn_common.model import ChurnModel
 from churn_common.names import (
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
-    FEATURE_SERVICE,
     FEATURE_SERVICE_TAG,
     REGISTERED_MODEL,
 )
@@ -81,9 +80,7 @@ def _registry_errors(settings: Settings) -> Iterator[None]:
         raise ModelRegistryError(f"MLflow at {settings.tracking_uri} failed: {exc.message}") from exc
 
 
-def log_and_register(
-    settings: Settings, result: TrainingResult, feature_service: str = FEATURE_SERVICE
-) -> ModelVersion:
+def log_and_register(settings: Settings, result: TrainingResult, feature_service: str) -> ModelVersion:
     """Log the run and register its model as a new version of ``churn`` with alias ``challenger``."""
     client = connect(settings)
     with _registry_errors(settings):

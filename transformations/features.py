@@ -1,5 +1,5 @@
 """Daily per-user snapshots of rolling-window engagement features, computed with DuckDB over the validated
-Parquet tables and driven by an :class:`~transformations.catalog.EventCatalog`. Versioned by what was known when.
+Parquet tables and driven by an :class:`~churn_common.catalog.EventCatalog`. Versioned by what was known when.
 
 Outputs, under ``features/``:
 
@@ -49,10 +49,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandera.pandas import DataFrameSchema
 
+from churn_common.catalog import EventCatalog
 from churn_common.errors import DataError, SchemaError
 from churn_common.names import ACCOUNT_TABLE, CREATED_TIMESTAMP_FIELD, JOIN_KEY, SNAPSHOT_TABLE, TIMESTAMP_FIELD
 from churn_common.settings import DataPaths, Settings
-from transformations.catalog import DEFAULT_CATALOG, EventCatalog
 from transformations.snapshot_schema import (
     ACCOUNT_SCHEMA,
     RECENCY,
@@ -510,6 +510,21 @@ def _data_days(con: duckdb.DuckDBPyConnection, paths: DataPaths) -> tuple[date, 
     return first, last
 
 
+def _check_catalogue(con: duckdb.DuckDBPyConnection, paths: DataPaths, catalog: EventCatalog, plan: _Plan) -> None:
+    """A build whose catalogue declares none of the data's event types would write all-zero features: refuse."""
+    declared = ", ".join(_literal(name) for name in catalog.names)
+    found, matching = con.execute(
+        f"""SELECT count(*), count(*) FILTER (WHERE event_type IN ({declared}))
+            FROM read_parquet($events, hive_partitioning = true) WHERE date BETWEEN $first AND $last""",
+        {"events": _events_glob(paths), "first": plan.history_start, "last": plan.last_day},
+    ).fetchone()
+    if found and not matching:
+        raise DataError(
+            f"none of the {found:,} validated events of {plan.history_start}..{plan.last_day} is of a type the "
+            f"catalogue declares ({', '.join(catalog.names)}): build with the catalogue the data was validated with"
+        )
+
+
 def _plan(first: date, last: date, settings: Settings, start: date | None, end: date | None, lookback: int) -> _Plan:
     first_day = first if start is None else max(first, start - timedelta(days=settings.late_data_days))
     last_day = last if end is None else end
@@ -817,10 +832,11 @@ def _summarise(
 
 
 def build_features(
-    settings: Settings, start: date | None = None, end: date | None = None, catalog: EventCatalog = DEFAULT_CATALOG
+    settings: Settings, start: date | None = None, end: date | None = None, catalog: EventCatalog | None = None
 ) -> BuildSummary:
     """(Re)build the snapshot partitions of ``start - late_data_days .. end`` (default: every day with events) and
     the account table, and record the build. Each file is replaced atomically; re-running gives identical bytes."""
+    catalog = catalog or settings.event_catalog()
     paths = settings.paths
     paths.features.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.features, prefix=".duckdb-") as spill_dir:
@@ -829,6 +845,7 @@ def build_features(
             _check_columns(con, _events_glob(paths), _EVENT_TYPES)
             _check_columns(con, str(paths.users), _USER_TYPES)
             plan = _plan(*_data_days(con, paths), settings, start, end, _lookback(catalog))
+            _check_catalogue(con, paths, catalog, plan)
             with ThreadPoolExecutor(max_workers=os.cpu_count()) as executor:
                 snapshots = _build(con, catalog, paths, plan, _Writer(executor))
             accounts, changed_from = _write_accounts(con, paths)

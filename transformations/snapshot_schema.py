@@ -16,9 +16,9 @@ from pandera.engines import pandas_engine
 from pandera.errors import SchemaError as PanderaSchemaError
 from pandera.errors import SchemaErrors as PanderaSchemaErrors
 
+from churn_common.catalog import EventCatalog
 from churn_common.errors import SchemaError
 from churn_common.names import ACCOUNT_STATUS, CREATED_TIMESTAMP_FIELD, JOIN_KEY, TIMESTAMP_FIELD, VALID_FROM_FIELD
-from transformations.catalog import EventCatalog
 
 TS_US_UTC = pd.DatetimeTZDtype(unit="us", tz="UTC")
 # Arrow-backed strings: checking the dtype is then one comparison, not a Python call per value.

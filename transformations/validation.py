@@ -60,9 +60,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
+from churn_common.catalog import EventCatalog
 from churn_common.errors import DataError, EmptyInput, QuarantineThresholdExceeded, SchemaError
 from churn_common.settings import DataPaths
-from transformations.catalog import DEFAULT_CATALOG, EventCatalog
 from transformations.snapshot_schema import ACCOUNT_ATTRIBUTES, ACCOUNT_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -1123,7 +1123,7 @@ def validate(
     *,
     now: datetime | pd.Timestamp,
     max_quarantine_share: float,
-    catalog: EventCatalog = DEFAULT_CATALOG,
+    catalog: EventCatalog,
     users_source: Path | None = None,
     events_source: Path | Sequence[Path] | None = None,
     batch: str | None = None,

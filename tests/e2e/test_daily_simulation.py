@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from churn_common.feature_frame import normalize, service_schema
-from churn_common.names import ACCOUNT_TABLE, CHAMPION_ALIAS, FEATURE_SERVICE, SNAPSHOT_TABLE
+from churn_common.names import ACCOUNT_TABLE, CHAMPION_ALIAS, SNAPSHOT_TABLE
 from churn_common.online import OnlineReader
 from churn_common.population import PopulationRule, Status
 from churn_common.settings import PROJECT_ROOT, Settings
@@ -29,12 +29,14 @@ from churn_common.store import apply_repo, feature_store
 from jobs.materialize import materialize
 from jobs.model_commands import run_training
 from jobs.pipeline import run_daily
+from products import GeneratorConfig, users_as_of
+from products.elearning import FEATURE_SERVICE
+from products.elearning.generator import generate
 from tests.conftest import unique_name
 from tests.feature_repo.conftest import delete_project_keys
 from tests.serving.conftest import app_client
 from training import registry
 from transformations.features import read_builds
-from transformations.synthetic import GeneratorConfig, generate, users_as_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 

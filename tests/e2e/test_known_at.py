@@ -16,11 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from churn_common.feature_frame import normalize, service_schema
-from churn_common.names import FEATURE_SERVICE
 from churn_common.settings import Settings
 from churn_common.store import apply_repo
+from products import GeneratorConfig
+from products.elearning import CATALOG as ELEARNING
+from products.elearning import FEATURE_SERVICE
+from products.elearning.generator import generate
 from transformations.features import build_features
-from transformations.synthetic import GeneratorConfig, generate
 from transformations.validation import validate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -65,7 +67,7 @@ def _expected_at(arrived: Settings, instant: pd.Timestamp, users: list[int]) -> 
 def test_what_training_reads_at_t_is_what_had_arrived_by_t(settings, tmp_path):
     generate(settings.paths, GeneratorConfig(160, START, DAYS, seed=3, late_share=0.1))
     end = datetime.combine(START + timedelta(days=DAYS), datetime.min.time(), UTC)
-    validate(settings.paths, now=end, max_quarantine_share=0.01)
+    validate(settings.paths, catalog=ELEARNING, now=end, max_quarantine_share=0.01)
     build_features(settings)
     store = apply_repo(settings)
     service = store.get_feature_service(FEATURE_SERVICE)

@@ -12,17 +12,20 @@ import pandas as pd
 import pytest
 
 from churn_common.feature_frame import service_schema
-from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE, FEATURE_SERVICE_TAG
+from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE_TAG
 from churn_common.population import PopulationRule, Status
 from churn_common.store import apply_repo, feature_store
 from jobs.materialize import materialize
 from jobs.model_commands import run_training
+from products import GeneratorConfig
+from products.elearning import CATALOG as ELEARNING
+from products.elearning import FEATURE_SERVICE
+from products.elearning.generator import generate
 from tests.feature_repo.conftest import delete_project_keys
 from tests.serving.world import running_server, server_env
 from training import registry
 from training.dataset import get_training_frame
 from transformations.features import build_features
-from transformations.synthetic import GeneratorConfig, generate
 from transformations.validation import validate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
@@ -33,7 +36,7 @@ USERS, DAYS = 800, 160
 def _run_pipeline(settings) -> datetime:
     start = date.today() - timedelta(days=DAYS)  # the period ends yesterday, so features are fresh now
     generate(settings.paths, GeneratorConfig(USERS, start, DAYS, seed=21))
-    report = validate(settings.paths, now=datetime.now(UTC), max_quarantine_share=0.01)
+    report = validate(settings.paths, catalog=ELEARNING, now=datetime.now(UTC), max_quarantine_share=0.01)
     assert report.passed
     build_features(settings)
     apply_repo(settings)

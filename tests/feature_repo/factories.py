@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from churn_common.settings import DataPaths
-from transformations.catalog import DEFAULT_CATALOG
+from products.elearning import CATALOG as ELEARNING
 from transformations.features import record_build
 from transformations.snapshot_schema import ACCOUNT_SCHEMA
 
@@ -22,7 +22,7 @@ ACCOUNT_VALID_FROM = pd.Timestamp("2025-01-01", tz="UTC").as_unit("us")
 
 def feature_columns() -> list[str]:
     """The snapshot table's feature columns."""
-    return [*DEFAULT_CATALOG.window_features(), *STATUS_INT, *STATUS_FLOAT]
+    return [*ELEARNING.window_features(), *STATUS_INT, *STATUS_FLOAT]
 
 
 def _is_float(column: str) -> bool:

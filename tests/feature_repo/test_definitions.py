@@ -13,7 +13,6 @@ from churn_common.names import (
     ACCOUNT_STATUS,
     ACCOUNT_TABLE,
     CREATED_TIMESTAMP_FIELD,
-    FEATURE_SERVICE,
     JOIN_KEY,
     SNAPSHOT_TABLE,
     TIMESTAMP_FIELD,
@@ -21,10 +20,11 @@ from churn_common.names import (
 )
 from churn_common.population import PopulationRule
 from churn_common.store import load_definitions, repo_config
-from transformations.catalog import DEFAULT_CATALOG
+from products.elearning import CATALOG as ELEARNING
+from products.elearning import FEATURE_SERVICE
 from transformations.snapshot_schema import ACCOUNT_SCHEMA, snapshot_schema
 
-SNAPSHOT_VIEWS = {f"user_activity_{w}d" for w in DEFAULT_CATALOG.windows} | {"user_status_daily"}
+SNAPSHOT_VIEWS = {f"user_activity_{w}d" for w in ELEARNING.windows} | {"user_status_daily"}
 # The build's key and time columns; every other column it writes is a feature.
 SNAPSHOT_KEYS = {JOIN_KEY, TIMESTAMP_FIELD, CREATED_TIMESTAMP_FIELD}
 ACCOUNT_KEYS = {JOIN_KEY, VALID_FROM_FIELD, CREATED_TIMESTAMP_FIELD}
@@ -56,7 +56,7 @@ def _declared(views) -> dict[str, str]:
 
 def test_views_declare_exactly_the_columns_the_feature_build_writes(settings):
     views = _views(settings)
-    snapshot_columns = snapshot_schema(DEFAULT_CATALOG).columns
+    snapshot_columns = snapshot_schema(ELEARNING).columns
     expected = {name: FEAST_TYPES[str(c.dtype)] for name, c in snapshot_columns.items() if name not in SNAPSHOT_KEYS}
     assert _declared(views[name] for name in SNAPSHOT_VIEWS) == expected
     assert _declared([views[ACCOUNT_TABLE]]) == {

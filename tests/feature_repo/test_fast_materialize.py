@@ -30,9 +30,9 @@ from churn_common.feast_plugins.engine import (
     encode_values,
     event_time_nanos,
 )
-from churn_common.names import FEATURE_SERVICE
 from churn_common.settings import Settings
 from churn_common.store import apply_repo, repo_config
+from products.elearning import FEATURE_SERVICE
 from tests.conftest import TEST_REDIS_DB, unique_name
 from tests.feature_repo.conftest import delete_project_keys, feast_hashes
 from tests.feature_repo.factories import (

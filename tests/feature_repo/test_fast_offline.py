@@ -12,9 +12,9 @@ from feast.types import Float64, Int64
 
 from churn_common.feast_plugins.offline_store import FastDuckDBOfflineStore, FastDuckDBOfflineStoreConfig, _plan
 from churn_common.feature_frame import normalize, service_schema
-from churn_common.names import FEATURE_SERVICE
 from churn_common.settings import Settings
 from churn_common.store import apply_repo, repo_config
+from products.elearning import FEATURE_SERVICE
 from tests.feature_repo.factories import day_end, random_accounts, random_snapshots, write_features
 from tests.feature_repo.test_point_in_time import (
     DAYS,

@@ -19,9 +19,9 @@ import pytest
 from feast import FeatureStore
 from typer.testing import CliRunner
 
-from churn_common.names import FEATURE_SERVICE
 from churn_common.settings import PROJECT_ROOT, Settings
 from jobs.cli import app as churn
+from products.elearning import FEATURE_SERVICE
 from tests.feature_repo.factories import (
     day_end,
     feature_columns,

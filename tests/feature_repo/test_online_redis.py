@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from churn_common.feature_frame import normalize, service_schema
-from churn_common.names import FEATURE_SERVICE
 from churn_common.online import OnlineReader
 from churn_common.store import apply_repo, feature_store
 from jobs.materialize import materialize
+from products.elearning import FEATURE_SERVICE
 from tests.feature_repo.conftest import delete_project_keys, feast_hashes
 from tests.feature_repo.factories import (
     ACCOUNT_VALID_FROM,

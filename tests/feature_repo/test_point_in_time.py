@@ -13,8 +13,8 @@ import pytest
 
 from churn_common.errors import FeatureServiceNotFound, SchemaError
 from churn_common.feature_frame import normalize, service_schema
-from churn_common.names import FEATURE_SERVICE
 from churn_common.store import apply_repo
+from products.elearning import FEATURE_SERVICE
 from tests.feature_repo.factories import (
     day_end,
     later_versions,

@@ -15,11 +15,11 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from churn_common.names import FEATURE_SERVICE
 from churn_common.settings import Settings
 from churn_common.store import apply_repo, feature_store
 from jobs.cli import app
 from jobs.materialize import materialize
+from products.elearning import FEATURE_SERVICE
 from tests.feature_repo.conftest import delete_project_keys, feast_hashes, hashed_user_ids
 from tests.feature_repo.factories import (
     day_end,

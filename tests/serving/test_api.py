@@ -9,8 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from churn_common.feature_frame import service_schema
-from churn_common.names import FEATURE_SERVICE
 from churn_common.store import feature_store
+from products.elearning import FEATURE_SERVICE
 from serving.schemas import Prediction
 from tests.serving.conftest import app_client
 from tests.serving.expected import expected_prediction, latest_row

@@ -8,8 +8,9 @@ import mlflow
 import pytest
 
 from churn_common.feature_frame import service_schema
-from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE, REGISTERED_MODEL
+from churn_common.names import CHAMPION_ALIAS, REGISTERED_MODEL
 from churn_common.store import feature_store
+from products.elearning import FEATURE_SERVICE
 from tests.serving.expected import expected_prediction
 from tests.serving.world import FRESH_USERS, World, register_champion, running_server, server_env, train_model
 

@@ -12,10 +12,10 @@ import pytest
 
 from churn_common.errors import FeatureStoreUnavailable
 from churn_common.feature_frame import service_schema
-from churn_common.names import FEATURE_SERVICE
 from churn_common.online import OnlineVector
 from churn_common.population import PopulationRule, Status
 from churn_common.store import feature_store
+from products.elearning import FEATURE_SERVICE
 from serving.features import FeatureReader, make_reader, redis_pipe
 from serving.lookups import MAX_BATCHES_IN_FLIGHT, Lookup, Lookups
 from serving.metrics import ServingMetrics

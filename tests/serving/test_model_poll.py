@@ -15,9 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from churn_common.feature_frame import service_schema
 from churn_common.model import ChurnModel
-from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE, REGISTERED_MODEL
+from churn_common.names import CHAMPION_ALIAS, REGISTERED_MODEL
 from churn_common.population import PopulationRule
 from churn_common.store import feature_store
+from products.elearning import FEATURE_SERVICE
 from serving.features import make_reader, redis_pipe
 from serving.metrics import ServingMetrics
 from serving.model_loader import Champion, ChampionHolder, ChampionLoader, poll_champion

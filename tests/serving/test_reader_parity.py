@@ -11,9 +11,10 @@ from feast.infra.online_stores.helpers import _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
-from churn_common.names import FEATURE_SERVICE, JOIN_KEY
+from churn_common.names import JOIN_KEY
 from churn_common.online import OnlineVector, read_online
 from churn_common.store import feature_store
+from products.elearning import FEATURE_SERVICE
 from serving.features import RedisFeatureReader, make_reader, redis_pipe
 from tests.serving.world import FRESH_USERS, NO_ACCOUNT_USER, SNAPSHOT_USERS, STALE_USERS, UNKNOWN_USER, World
 

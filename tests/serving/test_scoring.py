@@ -11,9 +11,9 @@ import pytest
 from churn_common.errors import SchemaError
 from churn_common.feature_frame import normalize, service_schema
 from churn_common.model import ChurnModel, RiskThresholds
-from churn_common.names import FEATURE_SERVICE
 from churn_common.online import OnlineVector
 from churn_common.store import feature_store
+from products.elearning import FEATURE_SERVICE
 from serving.scoring import BatchScorer, CompiledScore, Scored, VectorScorer, scorer_for
 from tests.serving.conftest import app_client
 from tests.serving.expected import expected_prediction

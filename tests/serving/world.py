@@ -25,10 +25,11 @@ from feast import FeatureService
 
 from churn_common.feature_frame import normalize, service_schema
 from churn_common.model import ChurnModel, RiskThresholds
-from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE, FEATURE_SERVICE_TAG, REGISTERED_MODEL
+from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE_TAG, REGISTERED_MODEL
 from churn_common.settings import PROJECT_ROOT, Settings
 from churn_common.store import apply_repo, feature_store
 from jobs.materialize import materialize
+from products.elearning import FEATURE_SERVICE
 from tests.feature_repo.factories import random_accounts, random_snapshots, with_accounts, write_features
 from training.models import LABEL, LOGISTIC, build_pipeline, calibrate, fit
 

@@ -13,7 +13,7 @@ import pandas as pd
 from churn_common.feature_frame import ServiceSchema
 from churn_common.names import ACCOUNT_STATUS
 from churn_common.population import CLOSED, OPEN, Status
-from transformations.catalog import DEFAULT_CATALOG
+from products.elearning import CATALOG as ELEARNING
 
 # The service's model features in its order: the four activity views, user_status_daily, then the account
 # attributes of user_account (its account_status is a population field, never a model input).
@@ -27,11 +27,11 @@ UNSCORED = (Status.CLOSED, Status.STALE, Status.INACTIVE, Status.UNKNOWN)
 
 
 def feature_names() -> list[str]:
-    return [*DEFAULT_CATALOG.window_features(), *STATUS_NUMERIC, *STRING_FEATURES]
+    return [*ELEARNING.window_features(), *STATUS_NUMERIC, *STRING_FEATURES]
 
 
 def snapshot_features() -> list[str]:
-    return [*DEFAULT_CATALOG.window_features(), *STATUS_NUMERIC]
+    return [*ELEARNING.window_features(), *STATUS_NUMERIC]
 
 
 def make_training_frame(
@@ -85,7 +85,7 @@ _DAILY_RATES = {
 def _features(rng: np.random.Generator, engagement: np.ndarray, time_idx: np.ndarray, cadence: int) -> dict:
     activity = np.exp(0.7 * engagement)
     out: dict[str, np.ndarray] = {}
-    for window in DEFAULT_CATALOG.windows:
+    for window in ELEARNING.windows:
         counts = {stem: rng.poisson(rate * window * activity) for stem, rate in _DAILY_RATES.items()}
         for stem, values in counts.items():
             out[f"{stem}_{window}d"] = values.astype("int64")
@@ -135,7 +135,7 @@ def _as_unscored(rows: pd.DataFrame, status: Status, rng: np.random.Generator) -
     if status == Status.UNKNOWN:
         rows[STRING_FEATURES] = None
     if status == Status.INACTIVE:
-        for window in DEFAULT_CATALOG.windows:
+        for window in ELEARNING.windows:
             if window <= ACTIVE_WINDOW_DAYS:
                 rows[[f"{stem}_{window}d" for stem in _DAILY_RATES]] = 0
                 rows[f"active_days_{window}d"] = 0

@@ -12,8 +12,8 @@ import httpx
 import psycopg2
 import pytest
 
-from churn_common.names import FEATURE_SERVICE
 from churn_common.settings import Settings
+from products.elearning import FEATURE_SERVICE
 from tests.conftest import unique_name
 from tests.training.test_registry import client_for, closed_port
 from training import registry

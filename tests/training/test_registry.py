@@ -14,8 +14,9 @@ from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 from churn_common.errors import ModelNotFound, TrackingServerUnavailable
-from churn_common.names import FEATURE_SERVICE, REGISTERED_MODEL
+from churn_common.names import REGISTERED_MODEL
 from churn_common.settings import Settings
+from products.elearning import FEATURE_SERVICE
 from tests.training.conftest import HORIZON_DAYS
 from training import registry
 from training.train import TrainingResult, train_churn_model

@@ -11,11 +11,12 @@ import pytest
 from mlflow import MlflowClient
 
 from churn_common.feature_frame import service_schema
-from churn_common.names import CHALLENGER_ALIAS, FEATURE_SERVICE, REGISTERED_MODEL
+from churn_common.names import CHALLENGER_ALIAS, REGISTERED_MODEL
 from churn_common.population import Status
 from churn_common.settings import Settings
 from churn_common.store import apply_repo
 from jobs.model_commands import run_training
+from products.elearning import FEATURE_SERVICE
 from tests.factories import make_events, make_users, utc, write_validated
 from tests.training.test_training_set import expected_statuses
 from training import registry

@@ -17,12 +17,12 @@ import pytest
 from churn_common.compiled import compile_model, probe_rows, verify
 from churn_common.errors import SchemaError
 from churn_common.feature_frame import ServiceSchema, normalize, service_schema
-from churn_common.names import FEATURE_SERVICE
 from churn_common.online import OnlineReader, OnlineVector
 from churn_common.population import PopulationRule, Status
 from churn_common.settings import Settings
 from churn_common.store import apply_repo
 from jobs.materialize import materialize
+from products.elearning import FEATURE_SERVICE
 from tests.conftest import TEST_REDIS_DB, unique_name
 from tests.factories import make_events, make_users, utc, write_validated
 from tests.feature_repo.factories import day_end, random_accounts, random_snapshots, write_features

@@ -15,12 +15,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from churn_common.catalog import EventCatalog, EventType, Ratio
 from churn_common.errors import SchemaError
 from churn_common.names import ACCOUNT_TABLE, SNAPSHOT_TABLE
 from churn_common.settings import Settings
 from jobs import feature_commands
+from products.elearning import CATALOG as ELEARNING
 from tests.factories import make_events, make_users, utc, write_validated
-from transformations.catalog import DEFAULT_CATALOG, EventCatalog, EventType, Ratio
 from transformations.features import build_features, read_builds
 from transformations.snapshot_schema import (
     ACCOUNT_SCHEMA,
@@ -171,7 +172,7 @@ def test_a_late_arrival_leaves_the_on_time_version_and_appends_one_known_from_it
     later = versions[versions.created > versions.event_timestamp]
     assert list(zip(later.user_id, later.event_timestamp, strict=True)) == [(1, utc(2026, 1, 3))]
     schema = pq.read_schema(next(small_world.paths.snapshots.glob("*/part-0.parquet")))
-    assert schema.names == snapshot_columns(DEFAULT_CATALOG)
+    assert schema.names == snapshot_columns(ELEARNING)
     assert schema.field("event_timestamp").type == TS and schema.field("created").type == TS
 
 
@@ -186,7 +187,7 @@ def random_world(seed: int, n_users: int = 12, n_days: int = 50) -> tuple[pd.Dat
     closing = [utc(2026, 1, 25) + pd.Timedelta(hours=int(h)) if rng.random() < 0.3 else None for h in range(n_users)]
     users["closed_at"] = pd.Series(closing, dtype="datetime64[us, UTC]")
     n_events = 600
-    types = rng.choice(DEFAULT_CATALOG.names, n_events)
+    types = rng.choice(ELEARNING.names, n_events)
     value = np.round(rng.uniform(0, 100, n_events), 3)
     has_value = np.isin(types, ["video_watch", "quiz_attempt", "payment_success"]) & (rng.random(n_events) < 0.8)
     stamps = utc(2026, 1, 1) + pd.to_timedelta(rng.integers(0, n_days * 86_400, n_events), unit="s")
@@ -236,7 +237,7 @@ def test_every_window_feature_equals_an_independent_pandas_computation(settings:
     snaps = read_snapshots(settings)
     # Through the last day anything arrived on (late events arrive up to 3 days after the last event).
     days = pd.date_range("2026-01-01", events.ingested_at.max().tz_localize(None).normalize(), freq="D")
-    expected = pandas_windows(events, DEFAULT_CATALOG, days)
+    expected = pandas_windows(events, ELEARNING, days)
 
     # Rows: exactly the customer days (signup_at < end of D < closed_at).
     customer = users.merge(pd.DataFrame({"day": days}), how="cross")
@@ -248,17 +249,17 @@ def test_every_window_feature_equals_an_independent_pandas_computation(settings:
 
     snaps["day"] = snaps.event_timestamp.dt.tz_localize(None) - pd.Timedelta(days=1)
     checked = 0
-    for w in DEFAULT_CATALOG.windows:
+    for w in ELEARNING.windows:
         want = expected[expected.window == w].set_index(["user_id", "day"])
         got = snaps.set_index(["user_id", "day"])
         want = want.reindex(got.index).fillna({"active_days": 0})  # users with no events at all
-        for stem in DEFAULT_CATALOG.window_stems():
+        for stem in ELEARNING.window_stems():
             mine, theirs = got[f"{stem}_{w}d"].to_numpy(float), want[stem].to_numpy(float)
             no_events = np.isnan(theirs) & ~want.index.get_level_values(0).isin(events.user_id)
             theirs = np.where(no_events & ~np.isnan(mine), 0.0, theirs)
             np.testing.assert_allclose(mine, theirs, rtol=1e-9, atol=1e-6, err_msg=f"{stem}_{w}d")
             checked += 1
-    assert checked == len(DEFAULT_CATALOG.window_features())
+    assert checked == len(ELEARNING.window_features())
 
 
 # ------------------------------------------------------------------------ look-ahead, idempotence, late data
@@ -387,7 +388,7 @@ def test_a_bring_your_own_catalogue_produces_its_own_columns(settings: Settings)
 
 
 def test_the_snapshot_schema_rejects_a_negative_count(small_world: Settings) -> None:
-    schema = snapshot_schema(DEFAULT_CATALOG)
+    schema = snapshot_schema(ELEARNING)
     frame = to_frame(pq.read_table(small_world.paths.snapshots / "date=2026-01-05" / "part-0.parquet"))
     validate_snapshots(frame.copy(), schema)
     frame.loc[0, "sessions_7d"] = -1
@@ -440,7 +441,7 @@ ACCEPTED_TABLES = {
 
 @pytest.mark.parametrize("break_it", BROKEN_TABLES.values(), ids=BROKEN_TABLES.keys())
 def test_the_vectorised_check_rejects_what_pandera_rejects(small_world: Settings, break_it) -> None:
-    schema = snapshot_schema(DEFAULT_CATALOG)
+    schema = snapshot_schema(ELEARNING)
     table = break_it(pq.read_table(small_world.paths.snapshots / "date=2026-01-05" / "part-0.parquet"))
     with pytest.raises(SchemaError):
         validate_snapshots(to_frame(table), schema)
@@ -450,14 +451,14 @@ def test_the_vectorised_check_rejects_what_pandera_rejects(small_world: Settings
 
 @pytest.mark.parametrize("change", ACCEPTED_TABLES.values(), ids=ACCEPTED_TABLES.keys())
 def test_the_vectorised_check_accepts_what_pandera_accepts(small_world: Settings, change) -> None:
-    schema = snapshot_schema(DEFAULT_CATALOG)
+    schema = snapshot_schema(ELEARNING)
     table = change(pq.read_table(small_world.paths.snapshots / "date=2026-01-05" / "part-0.parquet"))
     validate_snapshots(to_frame(table), schema)
     check_arrow(table, schema)
 
 
 def test_a_schema_rule_without_a_vectorised_form_is_refused_not_skipped(small_world: Settings) -> None:
-    schema = snapshot_schema(DEFAULT_CATALOG)
+    schema = snapshot_schema(ELEARNING)
     custom = schema.update_column("sessions_7d", checks=[pandera.Check(lambda s: s < 1_000, name="below_1000")])
     table = pq.read_table(small_world.paths.snapshots / "date=2026-01-05" / "part-0.parquet")
     with pytest.raises(TypeError, match="below_1000"):

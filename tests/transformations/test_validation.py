@@ -1,6 +1,9 @@
 """The validation gate: every bad-row class found with its exact count, reconciliation, failures, BYO events."""
 
 import json
+import os
+import subprocess
+import sys
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -11,12 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from churn_common.catalog import EventCatalog, EventType
 from churn_common.errors import DataError, EmptyInput, QuarantineThresholdExceeded, SchemaError
 from churn_common.settings import DataPaths, Settings
 from jobs.cli import app
+from products import GeneratorConfig
+from products.elearning import CATALOG as ELEARNING
+from products.elearning.generator import generate, read_manifest
 from tests.factories import make_events, make_users, utc, write_raw
-from transformations.catalog import EventCatalog, EventType
-from transformations.synthetic import GeneratorConfig, generate, read_manifest
 from transformations.validation import EventReason, UserReason, ValidationReport, parse_ids, validate
 
 START = date(2026, 1, 1)
@@ -53,7 +58,7 @@ def _raw_rows(paths_root: Path) -> int:
 def dirty(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataPaths, dict]:
     paths = DataPaths(tmp_path_factory.mktemp("dirty"))
     generate(paths, GeneratorConfig(n_users=300, start=START, n_days=DAYS, seed=5, late_share=0.05, dirty=True))
-    report = validate(paths, now=PERIOD_END, max_quarantine_share=0.05)
+    report = validate(paths, catalog=ELEARNING, now=PERIOD_END, max_quarantine_share=0.05)
     return paths, report.as_dict()
 
 
@@ -165,7 +170,7 @@ def _string_events(rows: list[tuple]) -> pd.DataFrame:
 def test_each_bad_event_class_is_quarantined_with_its_reason(settings: Settings) -> None:
     # Signups on Jan 3: the before-signup row then arrives within the lateness limit (7 days).
     write_raw(settings.paths, make_users(3, signup=utc(2026, 1, 3)), _string_events(CLEAN + BAD))
-    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0)
+    report = validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=1.0)
     expected = {str(reason): 0 for reason in EventReason} | {
         "invalid_user_id": 2,
         "unparseable_timestamp": 2,
@@ -189,7 +194,7 @@ def test_each_bad_event_class_is_quarantined_with_its_reason(settings: Settings)
 
 def test_accepted_events_are_parsed_to_utc_and_sorted(settings: Settings) -> None:
     write_raw(settings.paths, make_users(3), _string_events(list(reversed(CLEAN))))
-    validate(settings.paths, now=NOW, max_quarantine_share=0.0)
+    validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0)
     published = pd.read_parquet(settings.paths.events)
     expected = pd.DataFrame(
         {
@@ -219,7 +224,7 @@ def test_typed_and_string_raw_columns_validate_identically(settings: Settings, t
     for name, events in (("typed", typed), ("text", as_text)):
         paths = DataPaths(tmp_path / name)
         write_raw(paths, make_users(2), events)
-        report = validate(paths, now=NOW, max_quarantine_share=1.0)
+        report = validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=1.0)
         assert report.events.by_reason["duplicate_event"] == 1
         outputs.append(pd.read_parquet(paths.events))
     pd.testing.assert_frame_equal(outputs[0], outputs[1])
@@ -238,7 +243,7 @@ def test_each_bad_user_class_is_quarantined(settings: Settings) -> None:
         }
     )
     write_raw(settings.paths, users, make_events([(1, utc(2026, 1, 2), "login", None)]))
-    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0)
+    report = validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=1.0)
     assert report.users.by_reason == {
         "invalid_user_id": 2,
         "unparseable_signup": 1,
@@ -259,9 +264,9 @@ def test_each_bad_user_class_is_quarantined(settings: Settings) -> None:
 def test_rerun_removes_dates_no_longer_produced(settings: Settings) -> None:
     two_days = [(1, utc(2026, 1, 2), "login", None), (1, utc(2026, 1, 3), "login", None)]
     write_raw(settings.paths, make_users(1), make_events(two_days))
-    validate(settings.paths, now=NOW, max_quarantine_share=0.0)
+    validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0)
     write_raw(settings.paths, make_users(1), make_events(two_days[:1]))
-    validate(settings.paths, now=NOW, max_quarantine_share=0.0)
+    validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0)
     assert [p.name for p in settings.paths.events.iterdir()] == ["date=2026-01-02"]
 
 
@@ -288,7 +293,7 @@ def test_ids_of_every_raw_type_parse_or_become_null(raw: pa.Array) -> None:
 def test_threshold_breach_fails_the_cli_and_publishes_nothing(settings: Settings) -> None:
     good = [(1, utc(2026, 1, 2, hour), "login", None) for hour in range(9)]
     write_raw(settings.paths, make_users(1), make_events(good))
-    validate(settings.paths, now=NOW, max_quarantine_share=0.0)
+    validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0)
     published = (settings.paths.events / "date=2026-01-02" / "batch=events.parquet").read_bytes()
     validated = _files(settings.paths.validated), sorted(settings.paths.validated.rglob("*"))
 
@@ -330,13 +335,13 @@ def test_uncoercible_timestamp_column_is_a_schema_error(settings: Settings, colu
     events = make_events([(1, utc(2026, 1, 2), "login", None)]).assign(event_timestamp=column)
     write_raw(settings.paths, make_users(1), events)
     with pytest.raises(SchemaError, match=message):
-        validate(settings.paths, now=NOW, max_quarantine_share=1.0)
+        validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=1.0)
 
 
 def test_threshold_error_is_typed(settings: Settings) -> None:
     write_raw(settings.paths, make_users(1), make_events([(2, utc(2026, 1, 2), "login", None)]))
     with pytest.raises(QuarantineThresholdExceeded, match="events 100.00%"):
-        validate(settings.paths, now=NOW, max_quarantine_share=0.5)
+        validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.5)
 
 
 # --- bring your own events ---------------------------------------------------------------------------------
@@ -372,9 +377,16 @@ def test_music_event_log_validates_against_its_own_catalogue(settings: Settings,
 
 
 def test_cli_rejects_a_catalogue_that_is_not_one(settings: Settings) -> None:
-    result = CliRunner().invoke(app, ["data", "validate", "--catalog", "tests.transformations.test_validation:NOW"])
-    assert result.exit_code != 0
-    assert "not an EventCatalog" in result.output
+    spec = "tests.transformations.test_validation:NOW"
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "data", "validate", "--catalog", spec],
+        env={**os.environ, "CHURN_DATA_DIR": str(settings.data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 1
+    assert f"{spec!r} is a Timestamp, not an EventCatalog" in done.stderr and "Traceback" not in done.stderr
 
 
 # --- batches: a run replaces only its own batches ----------------------------------------------------------
@@ -421,7 +433,7 @@ def _two_drops(settings: Settings) -> DataPaths:
 
 def test_a_directory_of_daily_drops_publishes_one_batch_per_drop(settings: Settings) -> None:
     paths = _two_drops(settings)
-    report = validate(paths, now=NOW, max_quarantine_share=0.0)
+    report = validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0)
     assert report.batches == ["2026-01-05", "2026-01-06"]
     assert sorted(_files(paths.events)) == [
         "date=2026-01-04/batch=2026-01-05.parquet",
@@ -441,12 +453,12 @@ def test_summary_shortens_a_long_list_of_batches() -> None:
 
 def test_validating_one_file_keeps_every_other_batch(settings: Settings, tmp_path: Path) -> None:
     paths = _two_drops(settings)
-    validate(paths, now=NOW, max_quarantine_share=0.0)
+    validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0)
     before = _files(paths.events)
     one_file = tmp_path / "one_file.parquet"
     make_events([(3, utc(2026, 1, 6, 10), "login", None)]).to_parquet(one_file)
 
-    report = validate(paths, now=NOW, max_quarantine_share=0.0, events_source=one_file)
+    report = validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0, events_source=one_file)
 
     after = _files(paths.events)
     assert {name: after.get(name) for name in before} == before
@@ -460,13 +472,13 @@ def test_revalidating_a_batch_replaces_only_it_and_a_rerun_is_byte_identical(
     settings: Settings, tmp_path: Path
 ) -> None:
     paths = _two_drops(settings)
-    validate(paths, now=NOW, max_quarantine_share=0.0)
+    validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0)
     day_5_files = {k: v for k, v in _files(paths.events).items() if k.endswith("batch=2026-01-05.parquet")}
     # The 2026-01-06 drop again, now with an event of 2026-01-05 (late) and without user 3's event.
     redo = tmp_path / "redo"
     _drop(redo, "2026-01-06", make_events([(2, utc(2026, 1, 5, 23), "login", None), DAY_6[0]]))
 
-    report = validate(paths, now=NOW, max_quarantine_share=0.0, events_source=redo)
+    report = validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0, events_source=redo)
     assert report.batches == ["2026-01-06"]
     files = _files(paths.events)
     assert {k: v for k, v in files.items() if k.endswith("batch=2026-01-05.parquet")} == day_5_files
@@ -477,26 +489,26 @@ def test_revalidating_a_batch_replaces_only_it_and_a_rerun_is_byte_identical(
     assert pd.read_parquet(paths.events / "date=2026-01-06")["user_id"].tolist() == [2]
 
     published = _files(paths.validated), (paths.reports / "validation.json").read_bytes()
-    validate(paths, now=NOW, max_quarantine_share=0.0, events_source=redo)
+    validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0, events_source=redo)
     assert (_files(paths.validated), (paths.reports / "validation.json").read_bytes()) == published
 
 
 def test_a_batch_that_no_longer_produces_a_date_leaves_other_batches_there(settings: Settings, tmp_path: Path) -> None:
     paths = _two_drops(settings)
-    validate(paths, now=NOW, max_quarantine_share=0.0)
+    validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0)
     late = tmp_path / "late.parquet"
     make_events([(2, utc(2026, 1, 4, 23), "login", None)]).to_parquet(late)
-    validate(paths, now=NOW, max_quarantine_share=0.0, events_source=late)
+    validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0, events_source=late)
     make_events([(2, utc(2026, 1, 6, 23), "login", None)]).to_parquet(late)
 
-    validate(paths, now=NOW, max_quarantine_share=0.0, events_source=late)
+    validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0, events_source=late)
     assert sorted(p.name for p in (paths.events / "date=2026-01-04").iterdir()) == ["batch=2026-01-05.parquet"]
     assert (paths.events / "date=2026-01-06" / "batch=late.parquet").exists()
 
     # A date left with no file at all disappears.
     (paths.raw_events / "date=2026-01-05" / "part-0.parquet").unlink()
     _drop(paths.raw_events, "2026-01-05", make_events(DAY_5[1:]))
-    validate(paths, now=NOW, max_quarantine_share=0.0)
+    validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0)
     assert not (paths.events / "date=2026-01-04").exists()
 
 
@@ -506,7 +518,7 @@ def test_a_second_days_batch_appends(settings: Settings, tmp_path: Path) -> None
     for day, rows in (("2026-01-05", DAY_5), ("2026-01-06", DAY_6)):
         source = tmp_path / f"{day}.parquet"
         make_events(rows).to_parquet(source)
-        report = validate(paths, now=NOW, max_quarantine_share=0.0, events_source=source, batch=day)
+        report = validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0, events_source=source, batch=day)
         assert report.batches == [day]
     published = pd.read_parquet(paths.events).sort_values("event_timestamp", ignore_index=True)
     assert list(zip(published["user_id"], published["event_timestamp"], strict=True)) == [
@@ -526,7 +538,7 @@ def test_each_days_run_keeps_its_own_quarantined_rows(settings: Settings, tmp_pa
         source = tmp_path / f"{day}.parquet"
         # One event of an unknown user per day: set aside, never lost by the next day's run.
         make_events([*rows, (999, rows[0][1], "login", None)]).to_parquet(source)
-        validate(paths, now=NOW, max_quarantine_share=0.5, events_source=source, batch=day)
+        validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.5, events_source=source, batch=day)
     quarantined = pd.read_parquet(paths.quarantine / "events")
     assert quarantined["reason"].tolist() == ["unknown_user", "unknown_user"]
     assert sorted(p.name for p in (paths.quarantine / "events").iterdir()) == [
@@ -537,7 +549,9 @@ def test_each_days_run_keeps_its_own_quarantined_rows(settings: Settings, tmp_pa
 
 def test_a_drop_directory_given_as_the_source_is_that_days_batch(settings: Settings) -> None:
     paths = _two_drops(settings)
-    report = validate(paths, now=NOW, max_quarantine_share=0.0, events_source=paths.raw_events / "date=2026-01-06")
+    report = validate(
+        paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0, events_source=paths.raw_events / "date=2026-01-06"
+    )
     assert report.batches == ["2026-01-06"]
     assert sorted(_files(paths.events)) == ["date=2026-01-06/batch=2026-01-06.parquet"]
 
@@ -549,7 +563,9 @@ def test_files_outside_a_date_directory_take_the_batch_option(settings: Settings
     for root, batch, expected in (("default", None, "mixed"), ("named", "manual-1", "manual-1")):
         paths = DataPaths(tmp_path / root)
         write_raw(paths, USERS, make_events(DAY_5))
-        report = validate(paths, now=NOW, max_quarantine_share=0.0, events_source=source, batch=batch)
+        report = validate(
+            paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0, events_source=source, batch=batch
+        )
         assert report.batches == ["2026-01-05", expected]
         assert sorted(_files(paths.events)) == [
             "date=2026-01-04/batch=2026-01-05.parquet",
@@ -566,7 +582,14 @@ def test_a_batch_name_that_is_not_a_plain_name_is_rejected(
     write_raw(settings.paths, USERS, make_events(DAY_5))
     make_events(DAY_5).to_parquet(tmp_path / file_name)
     with pytest.raises(DataError, match="batch name"):
-        validate(settings.paths, now=NOW, max_quarantine_share=0.0, events_source=tmp_path / file_name, batch=batch)
+        validate(
+            settings.paths,
+            catalog=ELEARNING,
+            now=NOW,
+            max_quarantine_share=0.0,
+            events_source=tmp_path / file_name,
+            batch=batch,
+        )
     assert not settings.paths.validated.exists()
 
 
@@ -591,9 +614,9 @@ def test_duplicates_of_another_batch_are_quarantined_by_content(settings: Settin
     make_events([login, watch]).to_parquet(first)
     news = [(1, utc(2026, 1, 5, 11), "login", None), (2, utc(2026, 1, 6), "login", None)]
     make_events([watch, login, *news]).to_parquet(second)
-    validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=first)
+    validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=1.0, events_source=first)
 
-    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=second)
+    report = validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=1.0, events_source=second)
     assert report.events.by_reason["duplicate_event"] == 2
     assert (report.events.rows_in, report.events.rows_accepted) == (4, 2)
     assert _reconciles(report)
@@ -609,7 +632,7 @@ def test_duplicates_of_another_batch_are_quarantined_by_content(settings: Settin
     # Re-validating a batch does not count its own earlier rows as duplicates: it replaces them.
     for source, duplicates in ((second, 2), (first, 0)):
         published = _files(settings.paths.events)
-        report = validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=source)
+        report = validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=1.0, events_source=source)
         assert report.events.by_reason["duplicate_event"] == duplicates
         assert _files(settings.paths.events) == published
 
@@ -623,7 +646,7 @@ def test_duplicates_of_another_batch_are_quarantined_by_event_id(settings: Setti
     first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
     login_10, login_11 = (1, utc(2026, 1, 5, 10), "login", None), (1, utc(2026, 1, 5, 11), "login", None)
     _with_ids([login_10, login_11], ["e1", None]).to_parquet(first)
-    validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=first)
+    validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=1.0, events_source=first)
     resent = [
         ((1, utc(2026, 1, 5, 10, 0, 5), "login", None), "e1"),  # same id, another time: the id decides
         (login_11, None),  # no id: the content decides
@@ -632,7 +655,7 @@ def test_duplicates_of_another_batch_are_quarantined_by_event_id(settings: Setti
     ]
     _with_ids([row for row, _ in resent], [event_id for _, event_id in resent]).to_parquet(second)
 
-    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0, events_source=second)
+    report = validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=1.0, events_source=second)
     assert report.events.by_reason["duplicate_event"] == 2
     assert _reconciles(report)
     quarantined = pd.read_parquet(settings.paths.quarantine / "events").sort_values("source_row")
@@ -659,7 +682,7 @@ def test_duplicate_event_ids_within_a_run_are_quarantined(settings: Settings) ->
         ((1, utc(2026, 1, 9, 0, 0, 1), "login", None), "e5"),
     ]
     write_raw(settings.paths, USERS, _with_ids([r for r, _ in rows], [i for _, i in rows]))
-    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0)
+    report = validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=1.0)
     assert report.events.by_reason == {str(reason): 0 for reason in EventReason} | {
         "invalid_value": 1,
         "duplicate_event": 3,
@@ -680,7 +703,7 @@ def test_duplicate_event_ids_within_a_run_are_quarantined(settings: Settings) ->
 def test_integer_event_ids_are_kept_as_strings(settings: Settings) -> None:
     rows = [(1, utc(2026, 1, 5, 10), "login", None), (1, utc(2026, 1, 5, 11), "login", None)]
     write_raw(settings.paths, USERS, make_events(rows).assign(event_id=np.array([7, 7], dtype="int64")))
-    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0)
+    report = validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=1.0)
     assert report.events.by_reason["duplicate_event"] == 1
     published = pq.read_table(settings.paths.events / "date=2026-01-05" / "batch=events.parquet")
     assert published["event_id"].to_pylist() == ["7"]
@@ -691,7 +714,7 @@ def test_integer_event_ids_are_kept_as_strings(settings: Settings) -> None:
 
 def _published_once(settings: Settings) -> dict[str, tuple[bytes, int]]:
     write_raw(settings.paths, USERS, make_events(DAY_5 + DAY_6))
-    validate(settings.paths, now=NOW, max_quarantine_share=0.0)
+    validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0)
     assert _validated_rows(settings.paths) == len(DAY_5) + len(DAY_6)
     return _state(settings.paths.root)
 
@@ -702,7 +725,7 @@ def test_an_empty_events_file_publishes_nothing_and_says_so(settings: Settings, 
     make_events(DAY_5).iloc[:0].to_parquet(empty)
 
     with pytest.raises(EmptyInput) as raised:
-        validate(settings.paths, now=NOW, max_quarantine_share=0.0, events_source=empty)
+        validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0, events_source=empty)
     message = str(raised.value)
     assert str(empty) in message
     assert "nothing was published" in message
@@ -721,7 +744,7 @@ def test_an_empty_users_file_publishes_nothing_and_says_so(settings: Settings, t
     USERS.iloc[:0].to_parquet(empty)
 
     with pytest.raises(EmptyInput, match="no_users.parquet.*nothing was published"):
-        validate(settings.paths, now=NOW, max_quarantine_share=0.0, users_source=empty)
+        validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0, users_source=empty)
     assert _state(settings.paths.root) == before
     result = CliRunner().invoke(app, ["data", "validate", "--now", "2026-03-01", "--users", str(empty)])
     assert result.exit_code == 1
@@ -731,12 +754,12 @@ def test_an_empty_users_file_publishes_nothing_and_says_so(settings: Settings, t
 
 def test_an_empty_drop_among_others_publishes_nothing(settings: Settings) -> None:
     paths = _two_drops(settings)
-    validate(paths, now=NOW, max_quarantine_share=0.0)
+    validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0)
     (paths.raw_events / "date=2026-01-06" / "part-0.parquet").unlink()
     _drop(paths.raw_events, "2026-01-06", make_events(DAY_6).iloc[:0])
     before = _state(paths.root)
     with pytest.raises(EmptyInput, match="2026-01-06"):
-        validate(paths, now=NOW, max_quarantine_share=0.0)
+        validate(paths, catalog=ELEARNING, now=NOW, max_quarantine_share=0.0)
     assert _state(paths.root) == before
 
 
@@ -768,7 +791,7 @@ def test_ingestion_closure_and_lateness_reasons(settings: Settings) -> None:
         (3, utc(2026, 1, 20), "login", None, utc(2026, 2, 20)),  # too_late wins over after_closure
     ]
     write_raw(settings.paths, users, _arrivals(rows))
-    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0)
+    report = validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=1.0)
     assert report.events.by_reason == {str(reason): 0 for reason in EventReason} | {
         "future_timestamp": 1,
         "future_ingestion": 2,
@@ -784,7 +807,7 @@ def test_ingestion_closure_and_lateness_reasons(settings: Settings) -> None:
 def test_late_data_days_sets_the_lateness_limit(settings: Settings) -> None:
     rows = [(1, utc(2026, 1, 5), "login", None, utc(2026, 1, 7)), (1, utc(2026, 1, 6), "login", None, utc(2026, 1, 7))]
     write_raw(settings.paths, USERS, _arrivals(rows))
-    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0, late_data_days=1)
+    report = validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=1.0, late_data_days=1)
     assert report.events.by_reason["too_late"] == 1
     assert report.events.rows_accepted == 1
 
@@ -799,7 +822,7 @@ def test_future_signups_and_closures_before_signup_are_quarantined(settings: Set
         }
     )
     write_raw(settings.paths, users, make_events([(1, utc(2026, 1, 2), "login", None)]))
-    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0)
+    report = validate(settings.paths, catalog=ELEARNING, now=NOW, max_quarantine_share=1.0)
     assert report.users.by_reason == {
         "invalid_user_id": 1,
         "unparseable_signup": 0,
@@ -831,7 +854,13 @@ def _validate_users(settings: Settings, users: pd.DataFrame, batch: str, tmp_pat
     events = tmp_path / f"events-{batch}.parquet"
     make_events([(int(users["user_id"].iloc[0]), utc(2026, 1, 11), "login", None)]).to_parquet(events)
     return validate(
-        settings.paths, now=NOW, max_quarantine_share=1.0, users_source=source, events_source=events, batch=batch
+        settings.paths,
+        catalog=ELEARNING,
+        now=NOW,
+        max_quarantine_share=1.0,
+        users_source=source,
+        events_source=events,
+        batch=batch,
     )
 
 
@@ -859,7 +888,14 @@ def test_users_are_upserted_and_users_absent_from_a_run_are_kept(settings: Setti
     make_events([(1, utc(2026, 1, 12), "login", None), (3, utc(2025, 12, 1), "login", None)]).to_parquet(events)
     only_four = tmp_path / "only_four.parquet"
     make_users(1, first_id=4).to_parquet(only_four)
-    report = validate(settings.paths, now=NOW, max_quarantine_share=1.0, users_source=only_four, events_source=events)
+    report = validate(
+        settings.paths,
+        catalog=ELEARNING,
+        now=NOW,
+        max_quarantine_share=1.0,
+        users_source=only_four,
+        events_source=events,
+    )
     assert (report.events.rows_accepted, report.events.by_reason["before_signup"]) == (1, 1)
     assert pd.read_parquet(settings.paths.users)["plan"].tolist() == ["free", "pro", "free", "free"]
 

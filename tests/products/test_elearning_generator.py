@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from churn_common.errors import ConfigurationError
 from churn_common.settings import DataPaths, Settings
 from jobs.cli import app
-from transformations.catalog import ELEARNING
-from transformations.synthetic import GeneratorConfig, generate, read_manifest, users_as_of
+from products import GeneratorConfig, users_as_of
+from products.elearning import CATALOG as ELEARNING
+from products.elearning.generator import generate, read_manifest
 
 START = date(2026, 1, 1)
 DAYS = 120

@@ -1,4 +1,4 @@
-"""A second product, shaped unlike the e-learning portal: a subscription social app.
+"""The synthetic subscription social app (its catalogue is ``products.social.CATALOG``).
 
 Eight event types, user ids from 0, no ``plan`` column, and behaviour that stays steady until the subscription ends:
 a user does not fade out, they cancel. The end is recorded as the account's ``closed_at`` (at a renewal date), so
@@ -14,8 +14,7 @@ e-learning generator's does: daily drops by arrival day under ``raw/events/date=
 """
 
 import shutil
-from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
@@ -24,23 +23,7 @@ import pyarrow.parquet as pq
 
 from churn_common.errors import ConfigurationError
 from churn_common.settings import DataPaths
-from transformations.catalog import EventCatalog, EventType, Ratio
-
-SOCIAL = EventCatalog(
-    event_types=(
-        EventType("app_open", "opens", is_activity=True),
-        EventType("post", "posts", is_activity=True),
-        EventType("comment", "comments", is_activity=True),
-        EventType("like", "likes", is_activity=True),
-        EventType("message", "messages", is_activity=True),
-        EventType("story_view", "story_views", True, "story_seconds", "sum", 0.0, 3_600.0),
-        # The subscription renews without the user doing anything: not engagement.
-        EventType("renewal", "renewals", False, "amount_renewed", "sum", 0.0, 100.0),
-        EventType("renewal_failed", "renewal_failures", False),
-    ),
-    ratios=(Ratio("renewal_fail_rate", "renewal_failed", ("renewal", "renewal_failed")),),
-    trend_features=("active_days", "story_seconds"),
-)
+from products import GenerationSummary, GeneratorConfig
 
 DAY_US = 86_400 * 1_000_000
 TS = pa.timestamp("us", tz="UTC")
@@ -53,24 +36,7 @@ COUNTRIES = ("US", "GB", "MX", "NG", "PH")
 CHANNELS = ("store", "friend_invite", "influencer")
 
 
-@dataclass(frozen=True)
-class SocialConfig:
-    n_users: int
-    start: date
-    n_days: int
-    seed: int
-    late_share: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.n_users < 1 or self.n_days < 1:
-            raise ConfigurationError("the number of users and days must be positive")
-
-    @property
-    def start_us(self) -> int:
-        return int(pd.Timestamp(self.start, tz="UTC").value // 1_000)
-
-
-def _users(config: SocialConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _users(config: GeneratorConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Signups up to a year before the period and during it; a cancellation at some renewal, or none."""
     n = config.n_users
     signup_day = np.where(rng.random(n) < 0.6, -rng.random(n) * 365, rng.random(n) * config.n_days)
@@ -94,7 +60,7 @@ def _users(config: SocialConfig, rng: np.random.Generator) -> dict[str, np.ndarr
     }
 
 
-def _events(users: dict[str, np.ndarray], config: SocialConfig, rng: np.random.Generator) -> pd.DataFrame:
+def _events(users: dict[str, np.ndarray], config: GeneratorConfig, rng: np.random.Generator) -> pd.DataFrame:
     days = np.arange(config.n_days, dtype=np.float64)[None, :]
     alive = (days + 1 > users["signup_day"][:, None]) & (days + 1 <= users["close_day"][:, None])
     weekend = ((np.arange(config.n_days) + config.start.weekday()) % 7 >= 5)[None, :]
@@ -126,7 +92,7 @@ def _events(users: dict[str, np.ndarray], config: SocialConfig, rng: np.random.G
 
 
 def _renewals(
-    users: dict[str, np.ndarray], config: SocialConfig, alive: np.ndarray, rng: np.random.Generator
+    users: dict[str, np.ndarray], config: GeneratorConfig, alive: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Renewal charges on every PERIOD_DAYS after signup while subscribed; failures grow with propensity."""
     days = np.arange(config.n_days)[None, :]
@@ -138,7 +104,7 @@ def _renewals(
     return cell, kinds, np.where(failed, np.nan, PRICE)
 
 
-def _arrivals(events: pd.DataFrame, config: SocialConfig, rng: np.random.Generator) -> pd.DataFrame:
+def _arrivals(events: pd.DataFrame, config: GeneratorConfig, rng: np.random.Generator) -> pd.DataFrame:
     late = rng.random(len(events)) < config.late_share
     delay_us = np.where(
         late, rng.integers(DAY_US, 5 * DAY_US, len(events)), rng.integers(1_000_000, 300_000_000, len(events))
@@ -148,7 +114,7 @@ def _arrivals(events: pd.DataFrame, config: SocialConfig, rng: np.random.Generat
     return events[events["ingested_at"] < end_us].sort_values(["ingested_at", "user_id"], ignore_index=True)
 
 
-def _write_drops(paths: DataPaths, events: pd.DataFrame, config: SocialConfig) -> int:
+def _write_drops(paths: DataPaths, events: pd.DataFrame, config: GeneratorConfig) -> int:
     drop_day = (events["ingested_at"].to_numpy() - config.start_us) // DAY_US
     table = pa.table(
         {
@@ -166,7 +132,7 @@ def _write_drops(paths: DataPaths, events: pd.DataFrame, config: SocialConfig) -
     return int(np.unique(drop_day).size)
 
 
-def _write_users(paths: DataPaths, users: dict[str, np.ndarray], config: SocialConfig) -> None:
+def _write_users(paths: DataPaths, users: dict[str, np.ndarray], config: GeneratorConfig) -> None:
     closed = ~np.isinf(users["close_day"])
     close_us = config.start_us + np.where(closed, users["close_day"], 0) * DAY_US
     table = pa.table(
@@ -185,9 +151,10 @@ def _write_users(paths: DataPaths, users: dict[str, np.ndarray], config: SocialC
     pq.write_table(truth, paths.ground_truth)
 
 
-def generate(paths: DataPaths, config: SocialConfig) -> int:
-    """Write the raw drops, the accounts export and the hidden truth under ``paths.raw`` (replacing them); return
-    the number of daily drops."""
+def generate(paths: DataPaths, config: GeneratorConfig) -> GenerationSummary:
+    """Write the raw drops, the accounts export and the hidden truth under ``paths.raw`` (replacing them)."""
+    if config.drift_date is not None or config.dirty:
+        raise ConfigurationError("the social app's generator has no drift or dirty mode")
     if paths.raw.exists():
         shutil.rmtree(paths.raw)
     paths.raw_events.mkdir(parents=True)
@@ -195,4 +162,6 @@ def generate(paths: DataPaths, config: SocialConfig) -> int:
     users = _users(config, rng)
     events = _arrivals(_events(users, config, rng), config, rng)
     _write_users(paths, users, config)
-    return _write_drops(paths, events, config)
+    drops = _write_drops(paths, events, config)
+    churners = int((~np.isinf(users["close_day"]) & (users["close_day"] >= 0)).sum())
+    return GenerationSummary(config.n_users, len(events), churners, drops)

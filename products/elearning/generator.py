@@ -45,18 +45,17 @@ Every chunk has its own random stream derived from the seed: the same seed gives
 import json
 import logging
 import shutil
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from churn_common.errors import ConfigurationError
 from churn_common.settings import DataPaths
+from products import GenerationSummary, GeneratorConfig
 from transformations.validation import EventReason, UserReason
 
 logger = logging.getLogger(__name__)
@@ -111,45 +110,6 @@ DIRTY_USER_COUNTS = {
     UserReason.CLOSED_BEFORE_SIGNUP: 2,
     UserReason.DUPLICATE_USER_ID: 2,
 }
-
-
-@dataclass(frozen=True)
-class GeneratorConfig:
-    n_users: int
-    start: date
-    n_days: int
-    seed: int
-    late_share: float = 0.0
-    drift_date: date | None = None
-    dirty: bool = False
-
-    def __post_init__(self) -> None:
-        if self.n_users < 1 or self.n_days < 1:
-            raise ConfigurationError("the number of users and days must be positive")
-        if not 0.0 <= self.late_share <= 1.0:
-            raise ConfigurationError(f"late-events share must be within [0, 1], got {self.late_share}")
-
-    @property
-    def start_us(self) -> int:
-        return int(pd.Timestamp(self.start, tz="UTC").value // 1_000)
-
-    @property
-    def end_us(self) -> int:
-        """The period end (exclusive): ``start + n_days`` in epoch microseconds."""
-        return self.start_us + self.n_days * DAY_US
-
-    @property
-    def drift_day(self) -> int | None:
-        """Day index (from ``start``) at which drift begins; None without drift."""
-        return None if self.drift_date is None else (self.drift_date - self.start).days
-
-
-@dataclass(frozen=True)
-class GenerationSummary:
-    n_users: int
-    n_events: int
-    n_churners: int
-    n_partitions: int
 
 
 def _manifest_path(paths: DataPaths) -> Path:
@@ -245,25 +205,6 @@ def _write_users(paths: DataPaths, users: dict[str, np.ndarray], config: Generat
     if config.dirty:
         table = _inject_dirty_users(table, config.n_users)
     pq.write_table(table, paths.raw_users)
-
-
-def users_as_of(users: pa.Table, instant: datetime) -> pa.Table:
-    """The accounts export as it looked at ``instant``: users who signed up before it, closures from it on null.
-
-    Works on a typed export (timestamp columns); a naive ``instant`` is UTC. A dirty, string-typed export is
-    rejected: its timestamps are not parsed yet, so which rows existed at ``instant`` is unknown.
-    """
-    for name in ("signup_at", "closed_at"):
-        if name not in users.column_names or not pa.types.is_timestamp(users.schema.field(name).type):
-            found = users.schema.field(name).type if name in users.column_names else "no such column"
-            raise ConfigurationError(f"users_as_of needs a typed export: {name!r} must be a timestamp, got {found}")
-    at = instant if instant.tzinfo else instant.replace(tzinfo=UTC)
-    signed_up = users.filter(pc.less(users["signup_at"], pa.scalar(at, users.schema.field("signup_at").type)))
-    closed = signed_up["closed_at"]
-    not_yet = pc.greater_equal(closed, pa.scalar(at, closed.type))
-    position = signed_up.schema.get_field_index("closed_at")
-    as_of = pc.if_else(not_yet, pa.scalar(None, closed.type), closed)
-    return signed_up.set_column(position, signed_up.schema.field(position), as_of)
 
 
 def _write_ground_truth(paths: DataPaths, users: dict[str, np.ndarray]) -> None:
