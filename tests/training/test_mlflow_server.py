@@ -79,7 +79,7 @@ def test_train_register_promote_and_load_through_the_server(
     settings: Settings, mlflow_server: str, trained: TrainingResult
 ) -> None:
     remote = settings.model_copy(update={"mlflow_tracking_uri": mlflow_server})
-    version = registry.log_and_register(remote, trained)
+    version = registry.log_and_register(remote, trained, FEATURE_SERVICE)
     decision = registry.promote(remote)
     assert decision["decision"] == "promoted"
     client = client_for(remote)

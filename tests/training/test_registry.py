@@ -49,7 +49,7 @@ def noise_model(training_data) -> TrainingResult:
 
 
 def test_run_records_everything(settings: Settings, trained: TrainingResult) -> None:
-    version = registry.log_and_register(settings, trained)
+    version = registry.log_and_register(settings, trained, FEATURE_SERVICE)
     client = client_for(settings)
     run = client.get_run(version.run_id)
     assert run.data.tags["feature_service"] == FEATURE_SERVICE
@@ -89,7 +89,7 @@ print(json.dumps({"type": type(inner).__name__, "is_churn_model": isinstance(inn
 
 
 def test_model_loads_in_another_process(settings: Settings, trained: TrainingResult, tmp_path: Path) -> None:
-    registry.log_and_register(settings, trained)
+    registry.log_and_register(settings, trained, FEATURE_SERVICE)
     rows = trained.split.test[trained.model.feature_names].head(20)
     # What serving sends: every number as float64.
     rows = rows.astype({c: "float64" for c in rows.select_dtypes("number").columns})
@@ -127,7 +127,7 @@ def story(tmp_path_factory, trained: TrainingResult, noise_model: TrainingResult
     client = client_for(settings)
     steps, snapshots = {}, {}
     for name, result in (("first", noise_model), ("better", trained), ("worse", noise_model)):
-        registry.log_and_register(settings, result)
+        registry.log_and_register(settings, result, FEATURE_SERVICE)
         steps[name] = registry.promote(settings)
         snapshots[name] = aliases(client)
     refused_tags = client.get_model_version(REGISTERED_MODEL, "3").tags
@@ -173,9 +173,9 @@ def test_rollback_restores_the_previous_champion(story: Story) -> None:
 
 
 def test_challenger_within_tolerance_is_promoted(settings: Settings, trained: TrainingResult) -> None:
-    registry.log_and_register(settings, trained)
+    registry.log_and_register(settings, trained, FEATURE_SERVICE)
     registry.promote(settings)
-    registry.log_and_register(settings, trained)
+    registry.log_and_register(settings, trained, FEATURE_SERVICE)
     decision = registry.promote(settings)
     # Identical models score identically: "not worse" passes the gate.
     assert decision["decision"] == "promoted"
@@ -191,6 +191,6 @@ def test_unreachable_tracking_server(settings: Settings, trained: TrainingResult
     port = closed_port()
     unreachable = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{port}"})
     with pytest.raises(TrackingServerUnavailable, match=f"127.0.0.1:{port} is unreachable"):
-        registry.log_and_register(unreachable, trained)
+        registry.log_and_register(unreachable, trained, FEATURE_SERVICE)
     with pytest.raises(TrackingServerUnavailable):
         registry.promote(unreachable)
