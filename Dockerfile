@@ -25,6 +25,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
  && pip install -r /tmp/requirements.txt
 
 COPY churn_common ./churn_common
+COPY products ./products
 COPY transformations ./transformations
 COPY training ./training
 COPY serving ./serving
