@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from churn_common.errors import ConfigurationError
+from churn_common.names import ACCOUNT_STATUS, RECENCY, TENURE, trend_column
 
 WINDOWS: tuple[int, ...] = (7, 14, 30, 90)
 
@@ -126,6 +127,30 @@ class EventCatalog:
         for r in self.ratios:
             texts[r.feature] = r.description or f"{r.numerator} / ({' + '.join(r.denominator)}) events"
         return texts
+
+
+ATTRIBUTE_DESCRIPTIONS = {
+    "plan": "the account's plan",
+    "country": "country of the account",
+    "acquisition_channel": "how the user was acquired",
+}
+
+
+def feature_descriptions(catalog: EventCatalog) -> dict[str, str]:
+    """Every feature the catalogue's FeatureService holds, in plain words: Feast's field descriptions and the
+    reasons people read (churn_common.reasons) say the same."""
+    stems = catalog.stem_descriptions()
+    texts = {
+        f"{stem}_{w}d": f"{stems[stem]}, last {w} days" for w in catalog.windows for stem in catalog.window_stems()
+    }
+    texts[RECENCY] = "days since the last activity event"
+    texts[TENURE] = "days since signup"
+    texts.update(
+        {trend_column(stem): f"{stems[stem]}: last 7 days minus the 7 before" for stem in catalog.trend_features}
+    )
+    texts.update({name: ATTRIBUTE_DESCRIPTIONS[name] for name in catalog.account_attributes})
+    texts[ACCOUNT_STATUS] = "open or closed; decides who is scored (churn_common.population), not a model input"
+    return texts
 
 
 def load_catalog(spec: str) -> EventCatalog:

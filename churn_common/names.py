@@ -18,3 +18,12 @@ CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 # Tag on a registered model version naming the FeatureService it was trained on; serving reads it back.
 FEATURE_SERVICE_TAG = "feature_service"
+
+# Snapshot features that do not come from a window of the catalogue's events.
+RECENCY = "days_since_last_activity"
+TENURE = "tenure_days"
+
+
+def trend_column(stem: str) -> str:
+    """The last 7 days of a stem minus the 7 days before."""
+    return f"{stem}_trend_7d"

@@ -8,8 +8,10 @@ from entities import user
 from feast import FeatureView, Field
 from feast.types import Float64, Int64, String
 
+from churn_common.catalog import feature_descriptions
+from churn_common.names import ACCOUNT_STATUS, RECENCY, TENURE, trend_column
 from churn_common.settings import Settings
-from transformations.snapshot_schema import RECENCY, TENURE, integer_stems, trend_column
+from transformations.snapshot_schema import integer_stems
 
 OWNER = "ml-platform@example.com"
 CATALOG = Settings().event_catalog()
@@ -19,7 +21,7 @@ CATALOG = Settings().event_catalog()
 SNAPSHOT_TTL = timedelta(days=2)
 
 _INTEGERS = integer_stems(CATALOG)
-_TEXTS = CATALOG.stem_descriptions()
+_TEXTS = feature_descriptions(CATALOG)
 
 
 def _activity_view(window_days: int) -> FeatureView:
@@ -31,7 +33,7 @@ def _activity_view(window_days: int) -> FeatureView:
             Field(
                 name=f"{stem}_{window_days}d",
                 dtype=Int64 if stem in _INTEGERS else Float64,
-                description=f"{_TEXTS[stem]}, last {window_days} days",
+                description=_TEXTS[f"{stem}_{window_days}d"],
             )
             for stem in CATALOG.window_stems()
         ],
@@ -52,13 +54,13 @@ user_status_daily = FeatureView(
     entities=[user],
     ttl=SNAPSHOT_TTL,
     schema=[
-        Field(name=RECENCY, dtype=Int64, description="days since the last activity event"),
-        Field(name=TENURE, dtype=Int64, description="days since signup"),
+        Field(name=RECENCY, dtype=Int64, description=_TEXTS[RECENCY]),
+        Field(name=TENURE, dtype=Int64, description=_TEXTS[TENURE]),
         *(
             Field(
                 name=trend_column(stem),
                 dtype=Int64 if stem in _INTEGERS else Float64,
-                description=f"{_TEXTS[stem]}: last 7 days minus the 7 before",
+                description=_TEXTS[trend_column(stem)],
             )
             for stem in CATALOG.trend_features
         ),
@@ -70,25 +72,14 @@ user_status_daily = FeatureView(
     tags={"grain": "user-day", "window": "point", "team": "retention"},
 )
 
-_ATTRIBUTE_TEXTS = {
-    "plan": "the account's plan",
-    "country": "country of the account",
-    "acquisition_channel": "how the user was acquired",
-}
-
 # No ttl: an attribute holds until the account changes. Its history keeps past values where they were, so a change
 # is never rewritten into earlier training rows.
 user_account = FeatureView(
     name="user_account",
     entities=[user],
     schema=[
-        *(Field(name=name, dtype=String, description=_ATTRIBUTE_TEXTS[name]) for name in CATALOG.account_attributes),
-        Field(
-            name="account_status",
-            dtype=String,
-            description="open or closed; decides who is scored (churn_common.population), not a model input",
-            tags={"role": "population"},
-        ),
+        *(Field(name=name, dtype=String, description=_TEXTS[name]) for name in CATALOG.account_attributes),
+        Field(name=ACCOUNT_STATUS, dtype=String, description=_TEXTS[ACCOUNT_STATUS], tags={"role": "population"}),
     ],
     source=user_account,
     online=True,

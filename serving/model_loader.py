@@ -13,17 +13,15 @@ from functools import cached_property
 from typing import Any
 
 import anyio.to_thread
-import mlflow
 from feast import FeatureService, FeatureStore
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from churn_common.champion import feature_service_of, load_version, registry_client, version_by_alias
 from churn_common.compiled import tuple_getter
-from churn_common.errors import ChurnError, ConfigurationError, ModelNotFound, TrackingServerUnavailable
+from churn_common.errors import ChurnError, ConfigurationError
 from churn_common.feature_frame import ServiceSchema, service_schema
 from churn_common.model import ChurnModel
-from churn_common.names import CHAMPION_ALIAS, FEATURE_SERVICE_TAG, REGISTERED_MODEL
+from churn_common.names import CHAMPION_ALIAS
 from churn_common.population import PopulationRule, Status
 from churn_common.store import get_feature_service
 from serving.features import FeatureReader
@@ -32,7 +30,6 @@ from serving.scoring import BatchScorer, scorer_for
 
 logger = logging.getLogger(__name__)
 
-_NOT_FOUND_CODES = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 # Scores for identical inputs are identical, and a user's features change once per snapshot; this many
 # recent (features -> score) results are kept per champion.
 SCORE_CACHE_SIZE = 50_000
@@ -118,27 +115,18 @@ class ChampionLoader:
         rule: PopulationRule,
         score_cache_size: int = SCORE_CACHE_SIZE,
     ) -> None:
-        # Both URIs explicitly: MlflowClient otherwise takes the registry URI last set anywhere in the process.
-        self._client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._client = registry_client(tracking_uri)
         self._score_cache_size = score_cache_size
-        self._tracking_uri = tracking_uri
         self._store = store
         self._make_reader = make_reader
         self._rule = rule
 
     def champion_version(self) -> ModelVersion:
-        try:
-            return self._client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
-        except MlflowException as exc:
-            if exc.error_code in _NOT_FOUND_CODES:
-                raise ModelNotFound(f"no version of model {REGISTERED_MODEL!r} has alias {CHAMPION_ALIAS!r}") from exc
-            raise TrackingServerUnavailable(f"MLflow at {self._tracking_uri} failed: {exc.message}") from exc
+        return version_by_alias(self._client, CHAMPION_ALIAS)
 
     def load(self, version: ModelVersion) -> Champion:
-        service_name = version.tags.get(FEATURE_SERVICE_TAG)
-        if not service_name:
-            raise ConfigurationError(f"model version {version.version} has no {FEATURE_SERVICE_TAG!r} tag")
-        model = self._load_model(version)
+        service_name = feature_service_of(version)
+        model = load_version(self._client, version)
         self._store.refresh_registry()
         service = get_feature_service(self._store, service_name)
         schema = service_schema(service)
@@ -169,21 +157,6 @@ class ChampionLoader:
             self._rule.require(schema.features)
         except ConfigurationError as exc:
             raise ConfigurationError(f"model {version.version} cannot be served from {service_name}: {exc}") from exc
-
-    def _load_model(self, version: ModelVersion) -> ChurnModel:
-        uri = f"models:/{version.name}/{version.version}"
-        try:
-            # Through this client's URIs: the process-wide MLflow defaults may point elsewhere (or at ./mlruns).
-            source = self._client.get_model_version_download_uri(version.name, version.version)
-            local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=self._tracking_uri)
-            model = mlflow.pyfunc.load_model(local).unwrap_python_model()
-        except MlflowException as exc:
-            raise ModelNotFound(f"cannot load {uri}: {exc.message}") from exc
-        except OSError as exc:
-            raise ModelNotFound(f"cannot read the artifacts of {uri}: {exc}") from exc
-        if not isinstance(model, ChurnModel):
-            raise ConfigurationError(f"{uri} holds a {type(model).__name__}, not a ChurnModel")
-        return model
 
 
 async def refresh_champion(holder: ChampionHolder, loader: ChampionLoader, metrics: ServingMetrics) -> bool:

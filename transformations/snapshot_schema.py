@@ -18,13 +18,20 @@ from pandera.errors import SchemaErrors as PanderaSchemaErrors
 
 from churn_common.catalog import EventCatalog
 from churn_common.errors import SchemaError
-from churn_common.names import ACCOUNT_STATUS, CREATED_TIMESTAMP_FIELD, JOIN_KEY, TIMESTAMP_FIELD, VALID_FROM_FIELD
+from churn_common.names import (
+    ACCOUNT_STATUS,
+    CREATED_TIMESTAMP_FIELD,
+    JOIN_KEY,
+    RECENCY,
+    TENURE,
+    TIMESTAMP_FIELD,
+    VALID_FROM_FIELD,
+    trend_column,
+)
 
 TS_US_UTC = pd.DatetimeTZDtype(unit="us", tz="UTC")
 # Arrow-backed strings: checking the dtype is then one comparison, not a Python call per value.
 STRING = pd.StringDtype("pyarrow")
-RECENCY = "days_since_last_activity"
-TENURE = "tenure_days"
 ACCOUNT_ATTRIBUTES = ("plan", "country", "acquisition_channel")
 # The account history the validation gate writes and the user_account feature view reads: a row holds from
 # valid_from on, known from created on.
@@ -40,10 +47,6 @@ ACCOUNT_SCHEMA = pyarrow.schema(
 
 
 CREATED_AFTER_END = f"{CREATED_TIMESTAMP_FIELD} >= {TIMESTAMP_FIELD}"
-
-
-def trend_column(stem: str) -> str:
-    return f"{stem}_trend_7d"
 
 
 def snapshot_columns(catalog: EventCatalog) -> list[str]:
