@@ -29,6 +29,7 @@ COPY products ./products
 COPY transformations ./transformations
 COPY training ./training
 COPY serving ./serving
+COPY monitoring ./monitoring
 COPY jobs ./jobs
 # Non-editable: the runtime stage gets the packages inside the venv, not a link back to /src.
 RUN pip install --no-deps . \

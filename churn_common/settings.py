@@ -42,6 +42,8 @@ class DataPaths:
         self.mlflow_db = root / "mlflow" / "mlflow.db"
         self.mlflow_artifacts = root / "mlflow" / "artifacts"
         self.metrics = root / "metrics"
+        self.predictions = root / "predictions"
+        self.scoring = root / "scoring"
 
 
 class Settings(BaseSettings):

@@ -13,6 +13,7 @@ from jobs import (
     feast_commands,
     feature_commands,
     model_commands,
+    monitor_commands,
     pipeline_commands,
     serve_commands,
 )
@@ -25,6 +26,7 @@ app.add_typer(pipeline_commands.app, name="pipeline", help="The scheduled jobs: 
 feast_commands.register(features_app=feature_commands.app, root=app)
 model_commands.register_top_level(app)
 serve_commands.register_top_level(app)
+monitor_commands.register_top_level(app)
 app.command("demo")(demo.demo_command)
 
 

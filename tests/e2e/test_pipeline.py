@@ -3,6 +3,7 @@ a real uvicorn process. For sampled users the API answers what the population ru
 user's probability equals the registered champion's prediction on the offline vector from get_historical_features
 at the materialisation time."""
 
+import json
 from datetime import UTC, date, datetime, timedelta
 
 import duckdb
@@ -17,6 +18,7 @@ from churn_common.population import PopulationRule, Status
 from churn_common.store import apply_repo, feature_store
 from jobs.materialize import materialize
 from jobs.model_commands import run_training
+from monitoring.scoring import score_batch
 from products import GeneratorConfig
 from products.elearning import CATALOG as ELEARNING
 from products.elearning import FEATURE_SERVICE
@@ -74,7 +76,7 @@ def test_api_answers_equal_the_champion_on_offline_vectors(settings, redis_clien
     try:
         materialized_at = _run_pipeline(settings)
         users = _fresh_users(settings, 40)
-        with running_server(server_env(settings)) as base:
+        with running_server(server_env(settings, CHURN_NOW=materialized_at.isoformat())) as base:
             responses = [httpx.get(f"{base}/predict", params={"user_id": u}, timeout=30) for u in users]
             ready = httpx.get(f"{base}/ready", timeout=30).json()
         assert [r.status_code for r in responses] == [200] * len(users), [r.text for r in responses]
@@ -89,5 +91,28 @@ def test_api_answers_equal_the_champion_on_offline_vectors(settings, redis_clien
         np.testing.assert_allclose(online[scored].astype(float), offline[scored], rtol=0, atol=1e-9)
         assert all(probability is None for probability in online[~scored])
         assert len(set(np.round(online[scored].astype(float), 6))) > 1  # not a constant model
+        _batch_scores_equal_the_api(settings, materialized_at, bodies)
     finally:
         delete_project_keys(redis_client, settings.feast_project)
+
+
+def _batch_scores_equal_the_api(settings, at: datetime, bodies: list[dict]) -> None:
+    """`churn score` at T logs, for every user /predict scored at T, the same probability (1e-9) and reasons."""
+    report = score_batch(settings, at)
+    log = pd.read_parquet(report.log).set_index("user_id")
+    assert report.scored == len(log) and (log["scored_at"] == at).all() and (log["source"] == "batch").all()
+    answered = [body for body in bodies if body["status"] == "scored"]
+    assert set(log.index) >= {body["user_id"] for body in answered}
+    unscored = {body["user_id"] for body in bodies if body["status"] != "scored"}
+    assert not unscored & set(log.index)
+    for body in answered:
+        row = log.loc[body["user_id"]]
+        assert row["churn_probability"] == pytest.approx(body["churn_probability"], abs=1e-9)
+        assert json.loads(row["reasons"]) == body["reasons"] and row["risk_band"] == body["risk_band"]
+        assert pd.Timestamp(body["features_as_of"]) == row["features_as_of"]
+        assert row["model_version"] == body["model"]["version"] and row["feature_service"] == body["feature_service"]
+    high_risk = pd.read_csv(report.high_risk_list)
+    assert len(high_risk) == report.high_risk == (log["risk_band"] == "high").sum() > 0
+    assert high_risk["churn_probability"].is_monotonic_decreasing and high_risk["why"].str.contains("last").any()
+    again = score_batch(settings, at)  # idempotent per date
+    assert again.log == report.log and pd.read_parquet(again.log).equals(pd.read_parquet(report.log))
