@@ -4,7 +4,6 @@ Nothing here touches the disk or the network: paths are computed, never created,
 """
 
 from datetime import UTC, date, datetime, timedelta
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -106,6 +105,13 @@ class Settings(BaseSettings):
     freshness_slo_seconds: int = 2 * 86_400
     model_poll_seconds: float = 30.0
     max_concurrency: int = 64
+    prediction_log_share: float = Field(
+        1.0, ge=0, le=1, description="Share of the API's scored answers kept in the prediction log (0: none)"
+    )
+    prediction_log_flush_seconds: float = Field(5.0, gt=0, description="How often the API writes its predictions")
+    prediction_log_dir: Path | None = Field(
+        None, description="The prediction log's root; empty: <data_dir>/predictions"
+    )
     otel_telemetry: bool = Field(
         False,
         description="FastAPI's native OpenTelemetry spans, metrics and logs (with a provider configured); "
@@ -122,11 +128,17 @@ class Settings(BaseSettings):
         """First day of a generated period of ``n_days``: ``start_date``, or so that the period ends yesterday."""
         return self.start_date or self.clock().date() - timedelta(days=n_days)
 
+    @property
+    def prediction_log_root(self) -> Path:
+        """Where batch scoring and the API write the prediction log, and monitoring reads it."""
+        return self.prediction_log_dir or self.paths.predictions
+
     def event_catalog(self) -> EventCatalog:
         return load_catalog(self.catalog)
 
-    @cached_property
+    @property
     def paths(self) -> DataPaths:
+        # Not cached: model_copy(update={"data_dir": ...}) would carry a cached value over.
         return DataPaths(self.data_dir.resolve())
 
     @property

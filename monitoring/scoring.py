@@ -3,8 +3,8 @@ through the champion's FeatureService, with the champion's own predict + explain
 
 Writes, per scoring date (the UTC day of T), each replaced whole so re-scoring a date is idempotent:
 
-* the prediction log, ``predictions/date=D/source=batch.parquet`` (``PREDICTION_LOG_SCHEMA``; the API writes the
-  same shape under ``source=api-*``);
+* the prediction log, ``predictions/date=D/source=batch.parquet`` (churn_common.prediction_log; the API writes
+  the same shape under ``source=api-*``);
 * the scored feature matrix, ``scoring/date=D/features.parquet``: what drift monitoring compares with the
   champion's training reference;
 * the ranked high-risk list for the retention team, ``reports/high_risk/date=D.csv``, reasons in plain words.
@@ -34,27 +34,13 @@ from churn_common.feature_frame import normalize, service_schema
 from churn_common.model import ChurnModel
 from churn_common.names import CHAMPION_ALIAS, CREATED_TIMESTAMP_FIELD, JOIN_KEY, TIMESTAMP_FIELD
 from churn_common.population import PopulationRule, Status
+from churn_common.prediction_log import PREDICTION_LOG_SCHEMA, TS, log_file
 from churn_common.reasons import plain_reasons
-from churn_common.settings import Settings
+from churn_common.settings import DataPaths, Settings
 from churn_common.store import feature_store, get_feature_service
 
 logger = logging.getLogger(__name__)
 
-TS = pa.timestamp("us", tz="UTC")
-PREDICTION_LOG_SCHEMA = pa.schema(
-    [
-        ("scored_at", TS),
-        (JOIN_KEY, pa.int64()),
-        ("features_as_of", TS),
-        ("churn_probability", pa.float64()),
-        ("risk_band", pa.string()),
-        ("reasons", pa.string()),
-        ("model_name", pa.string()),
-        ("model_version", pa.string()),
-        ("feature_service", pa.string()),
-        ("source", pa.string()),
-    ]
-)
 SCORE_CHUNK = 20_000
 
 
@@ -82,10 +68,6 @@ class ScoringReport:
             "features": str(self.features),
             "high_risk_list": str(self.high_risk_list),
         }
-
-
-def log_path(root: Path, day: str, source: str) -> Path:
-    return root / f"date={day}" / f"source={source}.parquet"
 
 
 def _write_atomically(table: pa.Table, target: Path) -> None:
@@ -185,18 +167,21 @@ def _write_outputs(
 ) -> tuple[int, Path, Path, Path]:
     """The log, the scored features and the high-risk list of T's date: (high-risk users, their three paths)."""
     day, paths = at.date().isoformat(), settings.paths
-    log_file, features_file = (
-        log_path(paths.predictions, day, "batch"),
-        paths.scoring / f"date={day}" / "features.parquet",
-    )
-    _write_atomically(log, log_file)
+    log_target = log_file(settings.prediction_log_root, day, "batch")
+    features_target = scoring_features_file(paths, day)
+    _write_atomically(log, log_target)
     _write_atomically(
-        pa.Table.from_pandas(scored[[JOIN_KEY, *model.feature_names]], preserve_index=False), features_file
+        pa.Table.from_pandas(scored[[JOIN_KEY, *model.feature_names]], preserve_index=False), features_target
     )
     high_risk = _high_risk(log, feature_descriptions(settings.event_catalog()), model.reference_values)
-    high_risk_file = paths.reports / "high_risk" / f"date={day}.csv"
-    _write_csv(high_risk, high_risk_file)
-    return len(high_risk), log_file, features_file, high_risk_file
+    high_risk_target = paths.reports / "high_risk" / f"date={day}.csv"
+    _write_csv(high_risk, high_risk_target)
+    return len(high_risk), log_target, features_target, high_risk_target
+
+
+def scoring_features_file(paths: DataPaths, day: str) -> Path:
+    """The feature matrix batch scoring scored on ``day``: what drift monitoring compares with the reference."""
+    return paths.scoring / f"date={day}" / "features.parquet"
 
 
 def _write_csv(frame: pd.DataFrame, target: Path) -> None:

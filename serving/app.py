@@ -26,6 +26,7 @@ from serving.model_loader import (
     poll_champion,
     refresh_champion,
 )
+from serving.prediction_log import PredictionLog, keep_flushing
 from serving.query import openapi_with_validation_errors
 from serving.routes import add_routes
 from serving.state import ServingState
@@ -44,7 +45,8 @@ def _build_state(settings: Settings, metrics: ServingMetrics, score_cache_size: 
     rule = PopulationRule(settings.active_window_days)
     loader = ChampionLoader(settings.tracking_uri, store, reader_factory, rule, score_cache_size)
     slots = asyncio.Semaphore(settings.max_concurrency)
-    return ServingState(settings, metrics, store, pipe, loader, ChampionHolder(), slots, settings.clock)
+    log = PredictionLog(settings.prediction_log_root, settings.prediction_log_share, metrics)
+    return ServingState(settings, metrics, store, pipe, loader, ChampionHolder(), slots, settings.clock, log)
 
 
 def _lifespan(settings: Settings, metrics: ServingMetrics, score_cache_size: int):
@@ -61,12 +63,14 @@ def _lifespan(settings: Settings, metrics: ServingMetrics, score_cache_size: int
         poller = asyncio.create_task(
             poll_champion(state.holder, state.loader, metrics, settings.model_poll_seconds, partial(_swapped, metrics))
         )
+        writer = asyncio.create_task(keep_flushing(state.prediction_log, settings.prediction_log_flush_seconds))
         try:
             yield
         finally:
-            poller.cancel()
-            with suppress(asyncio.CancelledError):
-                await poller
+            for task in (poller, writer):
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
             if state.redis is not None:
                 await state.redis.aclose()
             blas_limits.restore_original_limits()

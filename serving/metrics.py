@@ -56,6 +56,12 @@ class ServingMetrics:
         )
         self.model_info = _ModelInfo()
         r.register(self.model_info)
+        self.prediction_log_rows = Counter(
+            "churn_prediction_log_rows", "Scored answers written to the prediction log", registry=r
+        )
+        self.prediction_log_failures = Counter(
+            "churn_prediction_log_failures", "Scored answers the prediction log failed to write", registry=r
+        )
         self.freshness = Gauge(
             "churn_feature_age_seconds", "Age of the newest online feature snapshot seen", registry=r
         )

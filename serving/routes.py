@@ -21,6 +21,7 @@ from serving.prediction import (
     read_vectors,
     score,
 )
+from serving.prediction_log import PredictionLog
 from serving.query import USER_ID_OPENAPI, VALIDATION_ERROR_RESPONSE, user_id_of
 from serving.schemas import (
     MAX_USER_ID,
@@ -85,6 +86,7 @@ async def predict(request: Request) -> Response:
     check_answerable(found.vector, found.status, found.now)
     if found.scored is not None:
         state.metrics.observe_prediction(found.scored.probability, found.scored.band)
+        state.prediction_log.record(champion, found.vector, found.scored, found.now)
     return Response(prediction_json(champion, found.vector, found.status, found.scored), media_type="application/json")
 
 
@@ -99,7 +101,7 @@ async def predict_batch(body: BatchRequest, state: StateDep, settings: SettingsD
     valid = [user_id for user_id in body.user_ids if 0 < user_id <= MAX_USER_ID]
     async with state.slots:
         vectors = {vector.user_id: vector for vector in await _read(state, champion, valid, now)} if valid else {}
-        answers = await _batch_answers(champion, vectors, now)
+        answers = await _batch_answers(champion, vectors, now, state.prediction_log)
     entries = [answers.get(user_id) or (None, _invalid(user_id)) for user_id in body.user_ids]
     for user_status, entry in entries:
         if user_status is not None:  # an invalid id is no user: it has no status
@@ -114,7 +116,7 @@ def _invalid(user_id: int) -> PredictionError:
 
 
 async def _batch_answers(
-    champion: Champion, vectors: dict[int, OnlineVector], now: datetime
+    champion: Champion, vectors: dict[int, OnlineVector], now: datetime, log: PredictionLog
 ) -> dict[int, tuple[Status, Prediction | PredictionError]]:
     """Per user read, the rule's status and the entry /predict would have answered with."""
     answers: dict[int, tuple[Status, Prediction | PredictionError]] = {}
@@ -132,6 +134,7 @@ async def _batch_answers(
             answers[user_id] = user_status, _entry(champion, vector, user_status, None)
     for vector, result in zip(scorable, await score(champion, scorable), strict=True):
         answers[vector.user_id] = Status.SCORED, _entry(champion, vector, Status.SCORED, result)
+        log.record(champion, vector, result, now)
     return answers
 
 

@@ -11,6 +11,7 @@ from churn_common.settings import Settings
 from serving.lookups import Lookups
 from serving.metrics import ServingMetrics
 from serving.model_loader import Champion, ChampionHolder, ChampionLoader
+from serving.prediction_log import PredictionLog
 from serving.redis_pipe import RedisPipe
 
 
@@ -26,6 +27,7 @@ class ServingState:
     slots: asyncio.Semaphore
     # The instant freshness is judged at: Settings.clock, so a frozen CHURN_NOW serves a simulated day.
     clock: Callable[[], datetime]
+    prediction_log: PredictionLog
     _lookups: Lookups | None = None
 
     def lookups(self, champion: Champion) -> Lookups:
