@@ -33,7 +33,6 @@ class DataPaths:
         self.quarantine = root / "quarantine"
         self.reports = root / "reports"
         self.features = root / "features"
-        self.user_daily = self.features / "user_daily"
         self.snapshots = self.features / "user_daily_snapshots"
         self.builds = self.features / "builds"
         self.feast = root / "feast"
@@ -43,6 +42,10 @@ class DataPaths:
         self.metrics = root / "metrics"
         self.predictions = root / "predictions"
         self.scoring = root / "scoring"
+
+    def high_risk_list(self, day: str) -> Path:
+        """Batch scoring's ranked high-risk users of ``day`` (reasons in plain words): the retention team's list."""
+        return self.reports / "high_risk" / f"date={day}.csv"
 
 
 class Settings(BaseSettings):
@@ -100,6 +103,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_token: SecretStr | None = Field(None, description="When set, /predict* require 'Bearer <token>'")
+    erasure_key: SecretStr | None = Field(
+        None, description="Key of the erasure register's hashes; unset: one generated once under data_dir/privacy"
+    )
     batch_max_ids: int = 100
     online_timeout_ms: int = 200
     freshness_slo_seconds: int = 2 * 86_400

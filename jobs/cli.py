@@ -15,6 +15,7 @@ from jobs import (
     model_commands,
     monitor_commands,
     pipeline_commands,
+    privacy_commands,
     serve_commands,
 )
 
@@ -27,6 +28,7 @@ feast_commands.register(features_app=feature_commands.app, root=app)
 model_commands.register_top_level(app)
 serve_commands.register_top_level(app)
 monitor_commands.register_top_level(app)
+privacy_commands.register_top_level(app)
 app.command("demo")(demo.demo_command)
 
 

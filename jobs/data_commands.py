@@ -10,6 +10,7 @@ import pandas as pd
 import typer
 
 from churn_common.errors import ChurnError, ConfigurationError, DataError
+from churn_common import privacy
 from churn_common.settings import Settings
 from jobs.options import CatalogOption, settings_for
 from products import GeneratorConfig, generator_for
@@ -126,6 +127,7 @@ def validate_command(
             events_source=events,
             batch=batch,
             late_data_days=settings.late_data_days,
+            erased=privacy.erased(settings),
         )
     except DataError as exc:
         raise _fail(exc) from exc

@@ -18,6 +18,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from churn_common.errors import DataError
+from churn_common import privacy
 from churn_common.settings import Settings
 from jobs.materialize import MaterializationReport, export_metrics, materialize
 from transformations.features import BuildSummary, build_features
@@ -75,6 +76,7 @@ def _validate(settings: Settings, drops: list[date]) -> ValidationReport:
         catalog=settings.event_catalog(),
         events_source=[settings.paths.raw_events / f"{DROP_PREFIX}{drop.isoformat()}" for drop in drops],
         late_data_days=settings.late_data_days,
+        erased=privacy.erased(settings),
     )
 
 

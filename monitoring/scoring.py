@@ -174,7 +174,7 @@ def _write_outputs(
         pa.Table.from_pandas(scored[[JOIN_KEY, *model.feature_names]], preserve_index=False), features_target
     )
     high_risk = _high_risk(log, feature_descriptions(settings.event_catalog()), model.reference_values)
-    high_risk_target = paths.reports / "high_risk" / f"date={day}.csv"
+    high_risk_target = paths.high_risk_list(day)
     _write_csv(high_risk, high_risk_target)
     return len(high_risk), log_target, features_target, high_risk_target
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# promtool (Debian package `prometheus`) checks /metrics output in the tests; wrk drives the serving benchmark.
+# promtool (Debian package `prometheus`) checks /metrics output and the alert rules in the tests; wrk drives the
+# serving benchmark; chromium and chromium-driver run the console's browser test and the report screenshots.
 set -euo pipefail
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing system packages: ${missing[*]} (install them with apt-get as root)" >&2

@@ -16,6 +16,8 @@ from churn_common.population import PopulationRule
 from churn_common.settings import Settings
 from churn_common.store import feature_store
 from serving.auth import require_token
+from serving.console import add_console
+from serving.docs import add_docs
 from serving.features import FeatureReader, make_reader, redis_pipe
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.model_loader import (
@@ -111,10 +113,14 @@ def create_app(settings: Settings | None = None, *, score_cache_size: int = SCOR
         description="Churn probability, risk band and reasons per learner, from online features in Feast.",
         lifespan=_lifespan(settings, metrics, score_cache_size),
         telemetry=_telemetry(settings.otel_telemetry),
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # Only a configured token adds the auth dependency, so the OpenAPI document never advertises auth it lacks.
     guards = [Depends(require_token)] if settings.api_token is not None else []
     add_routes(app, guards)
+    add_console(app, guards)
+    add_docs(app)
     app.openapi = openapi_with_validation_errors(app)
     return app

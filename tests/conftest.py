@@ -2,6 +2,7 @@
 with a message saying so; nothing is skipped silently."""
 
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
 
-from churn_common.settings import Settings
+from churn_common.settings import PROJECT_ROOT, Settings
 
 # Our own Redis db index; tests delete only the keys of the Feast projects they created in it.
 TEST_REDIS_DB = int(os.environ.get("CHURN_TEST_REDIS_DB", "11"))
@@ -58,3 +61,33 @@ def postgres_dsn() -> str:
     if not _reachable(POSTGRES_HOST, POSTGRES_PORT):
         pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_HOST}:{POSTGRES_PORT}; run `make services`")
     return f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}"
+
+
+ARTIFACTS = Path(os.environ.get("CHURN_TEST_ARTIFACTS", PROJECT_ROOT / "build" / "test-artifacts"))
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    """A directory for what a test leaves for people to look at (screenshots): build/test-artifacts/<test>/, or
+    under CHURN_TEST_ARTIFACTS. Kept after the run; CI uploads it."""
+    directory = ARTIFACTS / request.node.name
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@pytest.fixture
+def chromium() -> Iterator[webdriver.Chrome]:
+    """Headless Debian Chromium through its chromedriver (scripts/system_deps.sh installs both)."""
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver is None:
+        pytest.fail("chromium and chromedriver are needed: run `make system-deps` (Debian chromium, chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(argument)
+    browser = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    browser.implicitly_wait(0)
+    try:
+        yield browser
+    finally:
+        browser.quit()

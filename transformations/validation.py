@@ -62,6 +62,7 @@ from pandera.errors import SchemaErrors
 
 from churn_common.catalog import EventCatalog
 from churn_common.errors import DataError, EmptyInput, QuarantineThresholdExceeded, SchemaError
+from churn_common.privacy import NOBODY, Erased, Forgotten
 from churn_common.settings import DataPaths
 from transformations.snapshot_schema import ACCOUNT_ATTRIBUTES, ACCOUNT_SCHEMA
 
@@ -137,6 +138,8 @@ class TableReport:
     rows_in: int = 0
     rows_accepted: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
+    rows_forgotten: int = 0
+    """Rows of erased users (churn forget), dropped unread: neither accepted nor kept in quarantine."""
 
     @property
     def rows_quarantined(self) -> int:
@@ -155,6 +158,7 @@ class TableReport:
             "rows_in": self.rows_in,
             "rows_accepted": self.rows_accepted,
             "rows_quarantined": self.rows_quarantined,
+            "rows_forgotten": self.rows_forgotten,
             "quarantined_share": round(self.quarantined_share, 6),
             "by_reason": dict(self.by_reason),
         }
@@ -198,9 +202,10 @@ class ValidationReport:
         shown = self.batches if len(self.batches) <= 5 else [self.batches[0], "...", self.batches[-1]]
         lines.append(f"  batches: {', '.join(shown)} ({len(self.batches)})")
         for name, table in (("users", self.users), ("events", self.events)):
+            forgotten = f" + {table.rows_forgotten} forgotten" if table.rows_forgotten else ""
             lines.append(
                 f"  {name}: {table.rows_in} in = {table.rows_accepted} accepted + {table.rows_quarantined} "
-                f"quarantined ({table.quarantined_share:.2%}, limit {self.max_quarantine_share:.2%})"
+                f"quarantined{forgotten} ({table.quarantined_share:.2%}, limit {self.max_quarantine_share:.2%})"
             )
             lines.extend(f"    {reason:<24} {count}" for reason, count in table.by_reason.items() if count)
         return "\n".join(lines)
@@ -635,11 +640,45 @@ def _read_typed(path: Path, schema: pa.Schema) -> pa.Table:
         raise SchemaError(f"{path}: expected columns {schema}, found {table.schema}") from exc
 
 
-def validate_users(source: Path, now: pd.Timestamp, quarantine: QuarantineWriter, report: TableReport) -> pa.Table:
+def scrub(path: Path, forgotten: Forgotten) -> int:
+    """Rewrite a Parquet file without the forgotten users' rows (ids read as the gate reads them); the rows
+    removed. A file without them, or without a user_id column, is left untouched."""
+    if "user_id" not in pq.read_schema(path).names:
+        return 0
+    hit = forgotten.mask(parse_ids(pq.read_table(path, columns=["user_id"])["user_id"], "user_id"))
+    if hit.any():
+        kept = _read_parquet(path).filter(pa.array(~hit))
+        temporary = path.with_name(f".{path.name}.scrub.tmp")
+        pq.write_table(kept, temporary)
+        os.replace(temporary, path)
+    return int(hit.sum())
+
+
+def _scrub_sources(run: "_Run", report: ValidationReport, erased: Erased) -> None:
+    """The raw inputs lose the rows the gate dropped as forgotten: the landing zone keeps nothing of an erased
+    user either (the source system sent them again, not knowing)."""
+    if report.users.rows_forgotten:
+        scrub(run.users_source, erased)
+    if report.events.rows_forgotten:
+        for file in run.events:
+            scrub(file.path, erased)
+
+
+def _without_forgotten(frame: pd.DataFrame, erased: Erased, report: TableReport) -> pd.DataFrame:
+    """The rows of users not erased; the index (positions in the raw table) is kept for quarantine."""
+    forgotten = erased.mask(frame["user_id"])
+    report.rows_forgotten += int(forgotten.sum())
+    return frame[~forgotten].copy() if forgotten.any() else frame
+
+
+def validate_users(
+    source: Path, now: pd.Timestamp, quarantine: QuarantineWriter, report: TableReport, erased: Erased
+) -> pa.Table:
     """This run's accepted users (typed, USERS_SCHEMA), the rest quarantined; also fills ``report``."""
     raw = _read_parquet(source)
     frame = _parse_users(raw, source.name)
     report.rows_in = len(frame)
+    frame = _without_forgotten(frame, erased, report)
     reasons = row_reasons(raw_users_schema(now), frame, "users")
     survivors = frame.drop(index=reasons.index)
     duplicates = row_reasons(UNIQUE_USERS_SCHEMA, survivors[["user_id"]], "users")
@@ -862,14 +901,16 @@ def _validate_event_chunks(
     staging: Path,
     quarantine: QuarantineWriter,
     report: TableReport,
+    erased: Erased,
 ) -> None:
     for chunk_no, chunk in enumerate(_event_chunks(files, DEFAULT_CHUNK_ROWS)):
         frame = chunk.frame
-        accounts.annotate(frame)
         frame["seq"] = report.rows_in + np.arange(len(frame), dtype=np.int64)
+        report.rows_in += len(frame)
+        frame = _without_forgotten(frame, erased, report)
+        accounts.annotate(frame)
         reasons = row_reasons(schema, frame, "events")
         _quarantine_chunk(chunk, reasons, quarantine)
-        report.rows_in += len(frame)
         report.add_reasons(reasons)
         _stage(frame.drop(index=reasons.index), staging, chunk_no)
         logger.debug("events chunk %d: %d rows, %d quarantined", chunk_no, len(frame), len(reasons))
@@ -1086,7 +1127,7 @@ def quarantine_file(paths: DataPaths, table: str, batch: str) -> Path:
 
 
 def _validate_all(
-    paths: DataPaths, report: ValidationReport, catalog: EventCatalog, run: _Run, late_data_days: int
+    paths: DataPaths, report: ValidationReport, catalog: EventCatalog, run: _Run, late_data_days: int, erased: Erased
 ) -> _Outcome:
     staging = paths.validated / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -1097,12 +1138,14 @@ def _validate_all(
                 quarantine_file(paths, "events", run.users_batch), EVENTS_SCHEMA.names
             ) as events_quarantine,
         ):
-            accepted = validate_users(run.users_source, report.now, users_quarantine, report.users)
+            accepted = validate_users(run.users_source, report.now, users_quarantine, report.users, erased)
             previous = _read_typed(paths.users, USERS_SCHEMA) if paths.users.exists() else None
             users = merge_users(previous, accepted)
             history = history_rows(accepted, _latest_history(paths.user_history, run.users_batch), report.now)
             schema = raw_events_schema(catalog, report.now, late_data_days)
-            _validate_event_chunks(run.events, schema, _Accounts.of(users), staging, events_quarantine, report.events)
+            _validate_event_chunks(
+                run.events, schema, _Accounts.of(users), staging, events_quarantine, report.events, erased
+            )
             others = _OtherBatches(paths.events, frozenset(run.batches))
             pending = _write_days(staging, paths.events, others, events_quarantine, report.events)
     finally:
@@ -1128,6 +1171,7 @@ def validate(
     events_source: Path | Sequence[Path] | None = None,
     batch: str | None = None,
     late_data_days: int = 7,
+    erased: Erased = NOBODY,
 ) -> ValidationReport:
     """Validate raw users and events; publish this run's event batches, the merged users and their history.
 
@@ -1135,13 +1179,15 @@ def validate(
     names the batch of event files outside a ``date=YYYY-MM-DD`` directory (and the users' history file). Raises
     EmptyInput (before writing anything) when an input or a batch has no rows, QuarantineThresholdExceeded (after
     writing the report and quarantine, without publishing) when either table's quarantined share exceeds
-    ``max_quarantine_share``, and SchemaError on unusable columns.
+    ``max_quarantine_share``, and SchemaError on unusable columns. Rows of ``erased`` users are dropped unread
+    (counted as forgotten), so a forgotten user does not come back with the next drop.
     """
     report = ValidationReport(_as_utc(now), max_quarantine_share, catalog.names)
     sources = [events_source] if isinstance(events_source, Path) else list(events_source or [paths.raw_events])
     run = _plan_run(sources, users_source or paths.raw_users, batch)
     report.batches = run.batches
-    outcome = _validate_all(paths, report, catalog, run, late_data_days)
+    outcome = _validate_all(paths, report, catalog, run, late_data_days, erased)
+    _scrub_sources(run, report, erased)
     _write_report(report, paths)
     if not report.passed:
         _discard(outcome.pending)
