@@ -9,8 +9,8 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from churn_common.errors import ChurnError, ConfigurationError, DataError
 from churn_common import privacy
+from churn_common.errors import ChurnError, ConfigurationError, DataError
 from churn_common.settings import Settings
 from jobs.options import CatalogOption, settings_for
 from products import GeneratorConfig, generator_for

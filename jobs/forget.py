@@ -53,8 +53,12 @@ class Erasure:
 
     def summary(self) -> dict[str, object]:
         """What was removed, as counts (the audit trail's record; no user data)."""
-        return {"files": len(self.files), "rows": sum(self.files.values()), "online_entries": self.online_entries,
-                "mlflow_artifacts": self.artifacts}
+        return {
+            "files": len(self.files),
+            "rows": sum(self.files.values()),
+            "online_entries": self.online_entries,
+            "mlflow_artifacts": self.artifacts,
+        }
 
 
 def _replace(path: Path, write) -> None:
@@ -148,10 +152,14 @@ def _forget_artifacts(settings: Settings, erasure: Erasure) -> None:
             if not any(a.path == TEST_SET_ARTIFACT for a in client.list_artifacts(run.info.run_id, "evaluation")):
                 continue
             with tempfile.TemporaryDirectory() as tmp:
-                local = Path(mlflow.artifacts.download_artifacts(
-                    run_id=run.info.run_id, artifact_path=TEST_SET_ARTIFACT, dst_path=tmp,
-                    tracking_uri=settings.tracking_uri,
-                ))
+                local = Path(
+                    mlflow.artifacts.download_artifacts(
+                        run_id=run.info.run_id,
+                        artifact_path=TEST_SET_ARTIFACT,
+                        dst_path=tmp,
+                        tracking_uri=settings.tracking_uri,
+                    )
+                )
                 if scrub(local, OneUser(erasure.user_id)):
                     client.log_artifact(run.info.run_id, str(local), "evaluation")
                     erasure.artifacts += 1
@@ -175,4 +183,3 @@ def forget(settings: Settings, user_id: int, requested_by: str, reason: str) -> 
     privacy.audit(settings, record)
     logger.info("forgot a user: %s", erasure.summary())
     return erasure
-

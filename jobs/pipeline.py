@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from churn_common.errors import DataError
 from churn_common import privacy
+from churn_common.errors import DataError
 from churn_common.settings import Settings
 from jobs.materialize import MaterializationReport, export_metrics, materialize
 from transformations.features import BuildSummary, build_features

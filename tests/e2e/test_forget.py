@@ -141,14 +141,17 @@ def _online_places(settings: Settings, user: int) -> set[str]:
         places.add("online:redis")
     client.close()
     for database in settings.paths.root.rglob("*.db"):
-        if not database.read_bytes()[:16] == b"SQLite format 3\x00":
+        if database.read_bytes()[:16] != b"SQLite format 3\x00":
             continue  # Feast's file registry: protobuf, no user rows
         with sqlite3.connect(database) as con:
             for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
                 columns = {row[1] for row in con.execute(f'PRAGMA table_info("{table}")')}
-                hit = "entity_key" in columns and con.execute(
-                    f'SELECT 1 FROM "{table}" WHERE entity_key = ? LIMIT 1', [_entity_key(user)]
-                ).fetchone()
+                hit = (
+                    "entity_key" in columns
+                    and con.execute(
+                        f'SELECT 1 FROM "{table}" WHERE entity_key = ? LIMIT 1', [_entity_key(user)]
+                    ).fetchone()
+                )
                 if hit:
                     places.add(f"online:sqlite:{table}")
     return places
@@ -164,11 +167,19 @@ def traces(settings: Settings, user: int) -> set[str]:
 
 def _kinds(places: set[str]) -> set[str]:
     prefixes = {
-        "raw/events/": "raw events", "raw/users.parquet": "raw users", "validated/events/": "validated events",
-        "validated/users.parquet": "validated users", "validated/user_history/": "account history",
-        "features/user_daily_snapshots/": "snapshots", "features/user_account/": "account features",
-        "quarantine/events/": "quarantine", "predictions/": "prediction log", "scoring/": "scored features",
-        "reports/high_risk/": "high-risk list", "online:redis": "redis", "online:sqlite": "sqlite",
+        "raw/events/": "raw events",
+        "raw/users.parquet": "raw users",
+        "validated/events/": "validated events",
+        "validated/users.parquet": "validated users",
+        "validated/user_history/": "account history",
+        "features/user_daily_snapshots/": "snapshots",
+        "features/user_account/": "account features",
+        "quarantine/events/": "quarantine",
+        "predictions/": "prediction log",
+        "scoring/": "scored features",
+        "reports/high_risk/": "high-risk list",
+        "online:redis": "redis",
+        "online:sqlite": "sqlite",
     }
     kinds = {kind for place in places for prefix, kind in prefixes.items() if place.startswith(prefix)}
     kinds |= {"mlflow test set" for place in places if place.startswith("mlflow/") and "test_set" in place}
@@ -222,8 +233,19 @@ def test_forgotten_user_leaves_no_trace_and_stays_gone(world) -> None:
 
     before = traces(day_two, user)
     expected = {
-        "raw events", "raw users", "validated events", "validated users", "account history", "snapshots",
-        "account features", "quarantine", "prediction log", "scored features", "high-risk list", "redis", "sqlite",
+        "raw events",
+        "raw users",
+        "validated events",
+        "validated users",
+        "account history",
+        "snapshots",
+        "account features",
+        "quarantine",
+        "prediction log",
+        "scored features",
+        "high-risk list",
+        "redis",
+        "sqlite",
         "mlflow test set",
     }
     assert _kinds(before) == expected, sorted(before)
