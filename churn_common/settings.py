@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, PositiveFloat, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from churn_common.catalog import EventCatalog, load_catalog
@@ -122,6 +122,16 @@ class Settings(BaseSettings):
         False,
         description="FastAPI's native OpenTelemetry spans, metrics and logs (with a provider configured); "
         "off: the API exports Prometheus metrics, and the per-request check costs ~5 % of /predict",
+    )
+
+    # --- drift monitoring ----------------------------------------------------------------------------------
+    drift_psi_threshold: float = Field(
+        0.2, gt=0, description="A feature (or the scores) has drifted when its PSI against the reference exceeds this"
+    )
+    drift_thresholds: dict[str, PositiveFloat] = Field(
+        default_factory=dict,
+        description='Per-feature PSI thresholds over drift_psi_threshold, as JSON: {"tenure_days": 0.5}; '
+        '"churn_probability" is the scores\'',
     )
 
     def clock(self) -> datetime:

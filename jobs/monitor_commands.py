@@ -1,4 +1,5 @@
-"""``churn score``: batch scoring, the prediction log and the high-risk list."""
+"""``churn score``: batch scoring, the prediction log and the high-risk list. ``churn monitor drift``: the scoring
+snapshot against the champion's training reference."""
 
 import json
 from datetime import UTC, datetime
@@ -6,7 +7,10 @@ from typing import Annotated
 
 import typer
 
+from churn_common.errors import ChurnError
 from jobs.options import CatalogOption, settings_for
+
+monitor_app = typer.Typer(no_args_is_help=True)
 
 
 def score_command(
@@ -24,5 +28,27 @@ def score_command(
     typer.echo(json.dumps(report.as_dict(), indent=2))
 
 
+@monitor_app.command("drift")
+def drift_command(
+    day: Annotated[
+        datetime | None,
+        typer.Option("--date", formats=["%Y-%m-%d"], help="The scoring date to check. Default: the latest scored."),
+    ] = None,
+    catalog: CatalogOption = None,
+) -> None:
+    """Per-feature PSI (and Jensen-Shannon distance) of a date's scored features against the champion's training
+    reference, and the same for its scores; writes reports/drift/date=D.json. Drift is a finding: exit 0."""
+    from monitoring.drift import drift_report
+
+    try:
+        report = drift_report(settings_for(catalog), day.date() if day else None)
+    except ChurnError as exc:
+        # No champion, no reference or no snapshot: nothing was measured, which is a failure, unlike drift.
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(json.dumps(report.summary(), indent=2))
+
+
 def register_top_level(root: typer.Typer) -> None:
     root.command("score")(score_command)
+    root.add_typer(monitor_app, name="monitor", help="Watch the platform: drift of the scored features.")

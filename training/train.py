@@ -197,6 +197,12 @@ def reference_distributions(frame: pd.DataFrame, feature_names: list[str]) -> di
     return distributions
 
 
+def reference_predictions(model: ChurnModel, fit: pd.DataFrame) -> dict[str, Any]:
+    """The model's scores on its fit rows, binned like a numeric feature's reference: what drift monitoring compares
+    the champion's later batch scores with (the same rows as ``reference_distributions``)."""
+    return _numeric_distribution(pd.Series(model.predict_proba(fit), dtype="float64"))
+
+
 def _numeric_distribution(column: pd.Series) -> dict[str, Any]:
     present = column.dropna().to_numpy()
     inner = np.unique(np.quantile(present, np.linspace(0, 1, DRIFT_BINS + 1)[1:-1])) if len(present) else []
