@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, PositiveFloat, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from churn_common.catalog import EventCatalog, load_catalog
+from churn_common.catalog import EventCatalog, Label, load_catalog
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     pushgateway_url: str = Field("", description="host:port of a Prometheus Pushgateway; empty: textfile only")
 
     # --- training ------------------------------------------------------------------------------------------
+    label: Label | None = Field(
+        None,
+        description="The churn label training uses, inactivity or closure (churn_common.labels); empty: the "
+        "catalogue's",
+    )
     label_horizon_days: int = 30
     observation_cadence_days: int = 7
     active_window_days: int = 30

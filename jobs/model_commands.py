@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
+from churn_common.catalog import Label
 from churn_common.errors import ChurnError
 from churn_common.settings import Settings
 from jobs.options import CatalogOption, settings_for
@@ -41,17 +42,27 @@ def train(
         str | None, typer.Option(help="FeatureService to train on (default: the catalogue's).")
     ] = None,
     catalog: CatalogOption = None,
+    label: Annotated[
+        Label | None,
+        typer.Option(
+            help="Churn label: no activity in the horizon, or the account closes in it (default: CHURN_LABEL, "
+            "else the catalogue's)."
+        ),
+    ] = None,
 ) -> None:
     """Label, build the point-in-time training set, train, and register the model as the challenger."""
     with _exit_on_error():
         settings = settings_for(catalog)
+        if label is not None:
+            settings = settings.model_copy(update={"label": label})
         summary = run_training(settings, feature_service or settings.event_catalog().feature_service, promote)
     _print_json(summary)
 
 
 def run_training(settings: Settings, feature_service: str, promote: bool) -> dict[str, Any]:
     """Labels -> point-in-time training set of the scored population -> model -> MLflow version (challenger),
-    optionally promoted."""
+    optionally promoted. The label kind is recorded on the run (param ``label``) and in the summary."""
+    from churn_common.labels import LabelSpec
     from churn_common.population import PopulationRule
     from churn_common.store import feature_store
     from training import registry
@@ -60,16 +71,20 @@ def run_training(settings: Settings, feature_service: str, promote: bool) -> dic
     from training.train import require_both_classes, train_churn_model
 
     # Fail before hours of work when the tracking server is down or the labels cannot train a model.
-    registry.connect(settings)
+    client = registry.connect(settings)
+    label = LabelSpec.of(settings).kind
     labels = build_labels(settings)
-    require_both_classes(labels, "the labels")
+    require_both_classes(labels, f"the {label} labels")
     rule = PopulationRule(settings.active_window_days)
     training_set = get_training_set(feature_store(settings), labels, feature_service, rule)
     result = train_churn_model(
         training_set.frame, settings.label_horizon_days, _ground_truth(settings), training_set.population
     )
     version = registry.log_and_register(settings, result, feature_service)
-    summary = {"registered_version": version.version, "model_family": result.family} | _headline(result.metrics)
+    # Monitoring must label the model's predictions the way it was trained; the run is ended, params stay writable.
+    client.log_param(version.run_id, "label", label)
+    summary = {"registered_version": version.version, "model_family": result.family, "label": label}
+    summary |= _headline(result.metrics)
     summary["population"] = {status.value: count for status, count in training_set.population.counts.items()}
     if promote:
         summary["promotion"] = registry.promote(settings)

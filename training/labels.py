@@ -1,17 +1,14 @@
 """Churn labels as the entity frame for the point-in-time join, and the population they are kept on.
 
-Candidates: at each observation time t (a weekly grid at 00:00 UTC), every user who signed up before t. That is a
-cheap prefilter, no more: who is in the population (open, fresh snapshot, active in the trailing window) is decided
-after the point-in-time join by :class:`churn_common.population.PopulationRule` on the features the store held at t
-(:func:`apply_population_rule`): the one rule serving applies to the same features. Closure and activity are not
-re-encoded here, so the two cannot disagree.
+Candidates: at each observation time t (a weekly grid at 00:00 UTC), every user who is a customer at t
+(``signup_at < t < closed_at``), labelled by churn_common.labels with the label the settings choose: ``inactivity``
+(no activity event in (t, t + horizon]) or ``closure`` (the account closes in (t, t + horizon]). The definitions and
+their boundaries live there, once. Who of the candidates is in the population (an open account as the store knows
+it, a fresh snapshot, active in the trailing window) is decided after the point-in-time join by
+:class:`churn_common.population.PopulationRule` on the features the store held at t (:func:`apply_population_rule`):
+the one rule serving applies to the same features.
 
-- label (inactivity): 1 when the user has no activity event in (t, t + horizon], else 0. Only events after t are
-  read. The label is its own query over the candidates, so another kind of label can sit beside it.
-- censoring: an observation time whose horizon ends after the last event in the data is left out.
-
-One ASOF join per (user, t) — the first activity after t — keeps this linear in events and label rows, where a
-range join over every event in every window would not scale to a million label rows.
+Censoring: an observation time whose horizon ends after the last event in the data is left out.
 """
 
 import logging
@@ -25,34 +22,17 @@ import pandas as pd
 
 from churn_common.catalog import EventCatalog
 from churn_common.errors import DataError, TrainingError
-from churn_common.names import JOIN_KEY, TIMESTAMP_FIELD
+from churn_common.labels import LabelSpec, query_labels
+from churn_common.names import TIMESTAMP_FIELD
 from churn_common.population import PopulationRule, Status
 from churn_common.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-_CANDIDATES_SQL = """
-WITH activity AS (
-    SELECT user_id, event_timestamp AS ts
-    FROM read_parquet($events, hive_partitioning = false)
-    WHERE event_type IN (SELECT unnest($activity_types))
-),
-grid AS (
-    SELECT unnest(generate_series($first_time, $last_time, to_days($cadence_days))) AS t
-),
-candidates AS (
-    SELECT u.user_id, g.t
-    FROM read_parquet($users) u CROSS JOIN grid g
-    WHERE u.signup_at < g.t
-)
-"""
-
-# Inactivity: no activity event in (t, t + horizon]; `a` is the first activity after t, NULL when there is none.
-_INACTIVITY_LABEL_SQL = """
-SELECT c.user_id, c.t AS event_timestamp,
-       CASE WHEN a.ts IS NULL OR a.ts > c.t + to_days($horizon_days) THEN 1 ELSE 0 END AS label
-FROM candidates c ASOF LEFT JOIN activity a ON c.user_id = a.user_id AND c.t < a.ts
-ORDER BY event_timestamp, user_id
+# Every user at every grid time; churn_common.labels keeps the customers.
+_GRID_SQL = """
+SELECT a.user_id, g.t
+FROM accounts a CROSS JOIN (SELECT unnest(generate_series($first_time, $last_time, to_days($cadence_days))) AS t) g
 """
 
 
@@ -92,28 +72,17 @@ def apply_population_rule(frame: pd.DataFrame, rule: PopulationRule) -> tuple[np
 def build_labels(settings: Settings, catalog: EventCatalog | None = None) -> pd.DataFrame:
     """The candidates' entity frame: ``user_id``, ``event_timestamp`` (the observation time, UTC) and ``label``
     (0/1). The population rule still has to be applied to it after the point-in-time join."""
-    catalog = catalog or settings.event_catalog()
-    events_glob = str(settings.paths.events / "date=*" / "*.parquet")
+    spec = LabelSpec.of(settings, catalog)
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
-        first_time, last_time = _observation_range(con, events_glob, settings)
-        params = {
-            "events": events_glob,
-            "users": str(settings.paths.users),
-            "activity_types": list(catalog.activity_types),
-            "first_time": first_time,
-            "last_time": last_time,
-            "cadence_days": settings.observation_cadence_days,
-            "horizon_days": settings.label_horizon_days,
-        }
-        labels = con.execute(_CANDIDATES_SQL + _INACTIVITY_LABEL_SQL, params).to_arrow_table().to_pandas()
-    labels[JOIN_KEY] = labels[JOIN_KEY].astype("int64")
-    labels[TIMESTAMP_FIELD] = labels[TIMESTAMP_FIELD].astype("datetime64[us, UTC]")
-    labels["label"] = labels["label"].astype("int64")
+        first_time, last_time = _observation_range(con, spec.events, settings)
+        grid = {"first_time": first_time, "last_time": last_time, "cadence_days": settings.observation_cadence_days}
+        labels = query_labels(con, spec, _GRID_SQL, grid)
     logger.info(
-        "%d candidate label rows over %d observation times, inactivity rate %.3f before the population rule",
+        "%d candidate label rows over %d observation times, %s label rate %.3f before the population rule",
         len(labels),
         labels[TIMESTAMP_FIELD].nunique(),
+        spec.kind,
         labels["label"].mean() if len(labels) else float("nan"),
     )
     return labels

@@ -54,9 +54,15 @@ class SearchResult:
 
 
 def feature_kinds(frame: pd.DataFrame, feature_names: list[str]) -> tuple[list[str], list[str]]:
-    """``(numeric, categorical)`` feature names, by column dtype."""
-    numeric = [name for name in feature_names if is_numeric_dtype(frame[name])]
-    categorical = [name for name in feature_names if name not in numeric]
+    """``(numeric, categorical)``: the features with a value in ``frame`` (the rows a pipeline is fitted on), by
+    column dtype. A feature without any teaches nothing there and would break the preprocessing (the imputer drops
+    such a column, gradient boosting cannot bin it): the pipeline leaves it out."""
+    present = [name for name in feature_names if frame[name].notna().any()]
+    if len(present) < len(feature_names):
+        empty = [name for name in feature_names if name not in present]
+        logger.info("features %s have no value in the %d rows fitted: left out of this pipeline", empty, len(frame))
+    numeric = [name for name in present if is_numeric_dtype(frame[name])]
+    categorical = [name for name in present if name not in numeric]
     return numeric, categorical
 
 
@@ -84,14 +90,10 @@ def search(
     train: pd.DataFrame, feature_names: list[str], family: str, horizon_days: int, n_splits: int = 3
 ) -> SearchResult:
     """The family's best hyper-parameters by mean ROC-AUC over gapped time folds of ``train``."""
-    numeric, categorical = feature_kinds(train, feature_names)
     folds = _scorable_folds(train, horizon_days, n_splits)
     scored = []
     for params in CANDIDATES[family]:
-        scores = [
-            _fold_roc_auc(build_pipeline(family, numeric, categorical, params), train, feature_names, fold)
-            for fold in folds
-        ]
+        scores = [_fold_roc_auc(family, params, train, feature_names, fold) for fold in folds]
         scored.append((float(np.mean(scores)), params))
         logger.info("%s %s: time-CV ROC-AUC %.4f over %d folds", family, params, scored[-1][0], len(folds))
     best_score, best_params = max(scored, key=lambda sp: sp[0])
@@ -123,9 +125,15 @@ def _scorable_folds(train: pd.DataFrame, horizon_days: int, n_splits: int) -> li
 
 
 def _fold_roc_auc(
-    pipeline: Pipeline, train: pd.DataFrame, feature_names: list[str], fold: tuple[np.ndarray, np.ndarray]
+    family: str,
+    params: dict[str, Any],
+    train: pd.DataFrame,
+    feature_names: list[str],
+    fold: tuple[np.ndarray, np.ndarray],
 ) -> float:
     fit_idx, held_idx = fold
-    fit(pipeline, train.iloc[fit_idx], feature_names)
+    # The fold's own rows decide its inputs: a feature may have values in `train` and none in an early fold.
+    fitted = train.iloc[fit_idx]
+    pipeline = fit(build_pipeline(family, *feature_kinds(fitted, feature_names), params), fitted, feature_names)
     held = train.iloc[held_idx]
     return float(roc_auc_score(held[LABEL], pipeline.predict_proba(held[feature_names])[:, 1]))

@@ -91,7 +91,21 @@ def _check_frame(frame: pd.DataFrame) -> list[str]:
     if ACCOUNT_STATUS in feature_names:
         raise TrainingError(f"{ACCOUNT_STATUS} decides who is scored and is never a model input")
     require_feature_vectors(frame, feature_names)
-    return feature_names
+    return _with_values(frame, feature_names)
+
+
+def _with_values(frame: pd.DataFrame, feature_names: list[str]) -> list[str]:
+    """The features with a value in some training row. One without any (e.g. an optional account attribute the
+    users table lacks) can teach the model nothing: it is left out of the model's inputs, with a warning."""
+    empty = [name for name in feature_names if not frame[name].notna().any()]
+    if empty:
+        logger.warning(
+            "features %s have no value in any of the %d training rows (an optional attribute the users table "
+            "lacks, an event type that never occurs?): left out of the model inputs",
+            empty,
+            len(frame),
+        )
+    return [name for name in feature_names if name not in empty]
 
 
 def require_feature_vectors(frame: pd.DataFrame, feature_names: list[str]) -> None:
@@ -152,16 +166,18 @@ def _oracle_scores(test: pd.DataFrame, ground_truth: pd.DataFrame | None) -> np.
     return propensity["churn_propensity"].to_numpy()
 
 
-def reference_values(frame: pd.DataFrame, feature_names: list[str]) -> dict[str, float | str]:
+def reference_values(frame: pd.DataFrame, feature_names: list[str]) -> dict[str, float | str | None]:
     """The typical value of each feature in the training rows: median for numbers, mode for strings.
-    Reason codes measure how far a user's value moves the score away from this."""
-    values: dict[str, float | str] = {}
+    Reason codes measure how far a user's value moves the score away from this. A feature without any value in
+    ``frame`` gets the marker the model sees for a missing value (churn_common.feature_frame.normalize): NaN for a
+    number, None for a string, so replacing a missing value by the reference changes nothing."""
+    values: dict[str, float | str | None] = {}
     for name in feature_names:
-        column = frame[name]
-        if is_numeric_dtype(column):
-            values[name] = float(column.median()) if column.notna().any() else float("nan")
+        present = frame[name].dropna()
+        if is_numeric_dtype(frame[name]):
+            values[name] = float(present.median()) if len(present) else float("nan")
         else:
-            values[name] = str(column.mode(dropna=True).sort_values().iloc[0])
+            values[name] = str(present.mode().sort_values().iloc[0]) if len(present) else None
     return values
 
 

@@ -6,9 +6,11 @@ the platform is trained with the ``closure`` label here; an inactivity label wou
 account closes.
 
 The story each user follows: a hidden ``churn_propensity`` in [0, 1] sets the chance to cancel at each monthly
-renewal; it also lowers engagement a little and raises the chance that a renewal payment fails first, which is all
-the signal a model can see. Everything else is noise: Bernoulli active days, a Poisson number of events on an active
-day, quieter weekends. Events arrive within minutes, ``late_share`` of them 1-5 days late. Raw data lands as the
+renewal; half the users are at risk (around 0.6), the others rarely leave (around 0.06). The propensity also shows,
+steadily and only partly, in what a model can see: fewer active days, a smaller share of the social kinds of
+activity (posts, comments, messages) among them, more failed renewal payments, and more signups through
+influencers. Everything else is noise: Bernoulli active days, a Poisson number of events on an active day,
+quieter weekends. Events arrive within minutes, ``late_share`` of them 1-5 days late. Raw data lands as the
 e-learning generator's does: daily drops by arrival day under ``raw/events/date=*``, the accounts export
 ``raw/users.parquet`` as of the period end, the hidden truth in ``raw/ground_truth.parquet``.
 """
@@ -30,19 +32,23 @@ TS = pa.timestamp("us", tz="UTC")
 PERIOD_DAYS = 30
 PRICE = 9.99
 CANCEL_PER_PROPENSITY = 0.35
+AT_RISK_SHARE = 0.5
+HISTORY_DAYS = 180
 ACTIVITY = ("app_open", "post", "comment", "like", "message", "story_view")
-ACTIVITY_P = (0.45, 0.05, 0.1, 0.2, 0.1, 0.1)
+ACTIVITY_P = np.array([0.45, 0.05, 0.1, 0.2, 0.1, 0.1])
+SOCIAL_KINDS = np.isin(ACTIVITY, ("post", "comment", "message"))
 COUNTRIES = ("US", "GB", "MX", "NG", "PH")
-CHANNELS = ("store", "friend_invite", "influencer")
+CHANNELS, INFLUENCER = ("store", "friend_invite"), "influencer"
 
 
 def _users(config: GeneratorConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Signups up to a year before the period and during it; a cancellation at some renewal, or none."""
+    """Signups up to HISTORY_DAYS before the period and during it; a cancellation at some renewal, or none."""
     n = config.n_users
-    signup_day = np.where(rng.random(n) < 0.6, -rng.random(n) * 365, rng.random(n) * config.n_days)
-    propensity = rng.beta(2.0, 6.0, n)
+    signup_day = np.where(rng.random(n) < 0.6, -rng.random(n) * HISTORY_DAYS, rng.random(n) * config.n_days)
+    # A minority is at risk: the rest rarely leave.
+    propensity = np.where(rng.random(n) < AT_RISK_SHARE, rng.beta(6.0, 4.0, n), rng.beta(1.0, 15.0, n))
     # Renewals every PERIOD_DAYS after signup; each one is cancelled with a chance that grows with propensity.
-    renewals = np.arange(1, (365 + config.n_days) // PERIOD_DAYS + 2)
+    renewals = np.arange(1, (HISTORY_DAYS + config.n_days) // PERIOD_DAYS + 2)
     renewal_day = signup_day[:, None] + renewals[None, :] * PERIOD_DAYS
     cancels = rng.random(renewal_day.shape) < CANCEL_PER_PROPENSITY * propensity[:, None]
     first = np.where(cancels.any(axis=1), cancels.argmax(axis=1), -1)
@@ -51,13 +57,27 @@ def _users(config: GeneratorConfig, rng: np.random.Generator) -> dict[str, np.nd
         "user_id": np.arange(n, dtype=np.int64),  # ids from 0
         "signup_day": signup_day,
         "propensity": propensity,
-        "base_active": rng.beta(4.0, 3.0, n) * (1.0 - 0.35 * propensity),
-        "fail_p": 0.02 + 0.25 * propensity,
+        "base_active": rng.beta(10.0, 4.0, n) * (1.0 - 0.7 * propensity),
+        "kind_cdf": _kind_cdf(propensity),
+        "fail_p": 0.02 + 0.5 * propensity,
         # Cancelled after the period: not known at its end.
         "close_day": np.where(close_day < config.n_days, close_day, np.inf),
         "country": rng.choice(np.array(COUNTRIES), n),
-        "channel": rng.choice(np.array(CHANNELS), n),
+        # Influencer campaigns bring in more of the users who leave soon.
+        "channel": np.where(rng.random(n) < 0.1 + 0.6 * propensity, INFLUENCER, rng.choice(np.array(CHANNELS), n)),
     }
+
+
+def _kind_cdf(propensity: np.ndarray) -> np.ndarray:
+    """Per user, the cumulative distribution of an activity event's kind: the social kinds fade with propensity."""
+    weights = ACTIVITY_P[None, :] * np.where(SOCIAL_KINDS[None, :], 1.0 - 0.8 * propensity[:, None], 1.0)
+    return np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
+
+
+def _kinds(cdf: np.ndarray, user_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One kind per event, drawn from its user's row of ``cdf``; a column at a time, never an events x kinds array."""
+    draw = rng.random(len(user_index))
+    return sum((draw > cdf[user_index, k]).astype(np.intp) for k in range(cdf.shape[1] - 1))
 
 
 def _events(users: dict[str, np.ndarray], config: GeneratorConfig, rng: np.random.Generator) -> pd.DataFrame:
@@ -67,7 +87,7 @@ def _events(users: dict[str, np.ndarray], config: GeneratorConfig, rng: np.rando
     p_active = users["base_active"][:, None] * np.where(weekend, 0.85, 1.0) * alive
     cell = np.flatnonzero(rng.random(p_active.shape) < p_active)
     cell = np.repeat(cell, 1 + rng.poisson(1.5, cell.size))
-    kind = rng.choice(len(ACTIVITY), cell.size, p=ACTIVITY_P)
+    kind = _kinds(users["kind_cdf"], cell // config.n_days, rng)
     value = np.where(np.array(ACTIVITY)[kind] == "story_view", np.round(rng.gamma(2.0, 40.0, cell.size), 1), np.nan)
     names = np.array(ACTIVITY, dtype=object)[kind]
     bills = _renewals(users, config, alive, rng)

@@ -1,5 +1,6 @@
-"""Label timing, the candidate prefilter and horizon censoring on hand-built events. Who of the candidates is in
-the population is decided after the point-in-time join (tests/training/test_training_set.py).
+"""Label timing, the candidates (customers at t) and horizon censoring on hand-built events, under both label
+definitions. Who of the candidates is in the population is decided after the point-in-time join
+(tests/training/test_training_set.py).
 
 Grid used throughout: the first event is 2026-01-01 00:00, the active window 30 days, so observation times
 start at 2026-01-31 and step by 7 days. The last event is 2026-04-01 12:00; with a 30-day horizon the last
@@ -18,7 +19,7 @@ from training.labels import build_labels
 
 T = utc(2026, 2, 7)
 H = timedelta(days=30)
-DAY, SECOND = timedelta(days=1), timedelta(seconds=1)
+DAY, SECOND, MICROSECOND = timedelta(days=1), timedelta(seconds=1), timedelta(microseconds=1)
 EXPECTED_GRID = [utc(2026, 1, 31) + timedelta(days=7 * k) for k in range(5)]
 ANCHOR = 99
 
@@ -63,6 +64,12 @@ def scenario_events() -> list[tuple]:
         (9, T + 6 * DAY, "support_ticket", None),
         # 10: signs up exactly at T (see users).
         (10, T + DAY, "login", None),
+        # 11: active until the account closes exactly at T (see users).
+        (11, T - DAY, "login", None),
+        # 12: active until the account closes one microsecond after T.
+        (12, T - DAY, "login", None),
+        # 13: the account closes exactly at T + horizon; 14: one microsecond later. Both active up to then.
+        *[(user, T + k * 7 * DAY, "login", None) for user in (13, 14) for k in range(-1, 5)],
     ]
 
 
@@ -71,15 +78,30 @@ def scenario_users() -> pd.DataFrame:
     users.loc[users["user_id"] == 4, "signup_at"] = T + timedelta(hours=1)
     users.loc[users["user_id"] == 5, "closed_at"] = T - SECOND
     users.loc[users["user_id"] == 10, "signup_at"] = T
+    closes = pd.concat(
+        [
+            make_users(2, signup=utc(2026, 1, 1), first_id=11, closed_at=[T, T + MICROSECOND]),
+            make_users(2, signup=utc(2026, 1, 1), first_id=13, closed_at=[T + H, T + H + MICROSECOND]),
+        ]
+    )
     anchor = make_users(1, signup=utc(2025, 12, 1), first_id=ANCHOR)
-    return pd.concat([users, anchor], ignore_index=True)
+    return pd.concat([users, closes, anchor], ignore_index=True)
+
+
+def labels_of(settings: Settings) -> pd.Series:
+    write_inputs(settings, make_events(scenario_events()), scenario_users())
+    return build_labels(settings).set_index(["user_id", "event_timestamp"])["label"]
 
 
 @pytest.fixture
-def labels(settings: Settings) -> pd.DataFrame:
-    write_inputs(settings, make_events(scenario_events()), scenario_users())
-    frame = build_labels(settings)
-    return frame.set_index(["user_id", "event_timestamp"])["label"]
+def labels(settings: Settings) -> pd.Series:
+    """Inactivity labels: the e-learning catalogue's."""
+    return labels_of(settings)
+
+
+@pytest.fixture
+def closure_labels(settings: Settings) -> pd.Series:
+    return labels_of(settings.model_copy(update={"label": "closure"}))
 
 
 def label_at(labels: pd.Series, user_id: int, t: pd.Timestamp) -> int | None:
@@ -112,20 +134,73 @@ def test_signup_exactly_at_t_is_not_a_candidate(labels: pd.Series) -> None:
     assert label_at(labels, 10, T + timedelta(days=7)) == 1
 
 
-def test_closure_and_inactivity_are_left_to_the_population_rule(labels: pd.Series) -> None:
-    # Closed before T, inactive for the trailing window, never active: all still candidates at T, with the
-    # inactivity label; the population rule removes them after the point-in-time join.
-    assert label_at(labels, 5, T) == 1
+def test_inactivity_in_the_trailing_window_is_left_to_the_population_rule(labels: pd.Series) -> None:
+    # Inactive for the trailing window, never active: still candidates at T, with the inactivity label; the
+    # population rule removes them after the point-in-time join.
     assert label_at(labels, 7, T) == 1
     assert label_at(labels, 6, T) == 1
     assert label_at(labels, 8, T) == 1
 
 
-def test_every_user_signed_up_before_t_is_a_candidate_at_every_grid_time(labels: pd.Series) -> None:
+@pytest.mark.parametrize("kind", ["inactivity", "closure"])
+def test_an_account_closed_exactly_at_t_is_no_churner_at_t(settings: Settings, kind: str) -> None:
+    labels = labels_of(settings.model_copy(update={"label": kind}))
+    # A week earlier both are customers, active the day before T: churning by closure, not by inactivity.
+    week_before = {"inactivity": 0, "closure": 1}[kind]
+    # Closed at T: not a customer at T, so no row at all, under either label.
+    assert label_at(labels, 11, T) is None
+    assert label_at(labels, 11, T - 7 * DAY) == week_before
+    # Closed one microsecond after T: a customer at T, churning within the horizon under either label.
+    assert label_at(labels, 12, T) == 1
+    assert label_at(labels, 12, T + 7 * DAY) is None
+    # Closed one second before T: gone.
+    assert label_at(labels, 5, T) is None
+    assert label_at(labels, 5, T - 7 * DAY) == week_before
+
+
+def test_every_customer_at_t_is_a_candidate_at_every_grid_time(labels: pd.Series, closure_labels) -> None:
     users = scenario_users()
     for t in EXPECTED_GRID:
-        expected = sorted(users.loc[users["signup_at"] < t, "user_id"])
+        customers = (users["signup_at"] < t) & (users["closed_at"].isna() | (users["closed_at"] > t))
+        expected = sorted(users.loc[customers, "user_id"])
         assert sorted(labels.xs(t, level="event_timestamp").index) == expected
+        assert sorted(closure_labels.xs(t, level="event_timestamp").index) == expected
+
+
+def test_closure_label_counts_a_closure_inside_the_horizon_only(closure_labels: pd.Series) -> None:
+    assert label_at(closure_labels, 13, T) == 1  # closes exactly at T + horizon: inside (T, T + horizon]
+    assert label_at(closure_labels, 14, T) == 0  # one microsecond later: outside
+    assert label_at(closure_labels, 14, T + 7 * DAY) == 1
+
+
+def test_closure_label_ignores_activity(labels: pd.Series, closure_labels: pd.Series) -> None:
+    # Inactive after T but the account stays open: an inactivity churner, not a closure one.
+    for user in (1, 3, 6, 7, 8, 9):
+        assert (label_at(labels, user, T), label_at(closure_labels, user, T)) == (1, 0)
+    # Active in the horizon, yet closing within it: the other way round.
+    assert (label_at(labels, 13, T), label_at(closure_labels, 13, T)) == (0, 1)
+
+
+def test_the_label_is_the_catalogues_unless_the_settings_choose(settings: Settings) -> None:
+    social = settings.model_copy(update={"catalog": "products.social:CATALOG"})
+    # User 1 opens the app every day until the account closes on 2026-03-08; user 2 stays, and ends the data.
+    events = make_events(
+        [(1, utc(2026, 1, 1) + k * DAY, "app_open", None) for k in range(66)]
+        + [(2, utc(2026, 1, 1) + k * DAY, "app_open", None) for k in range(70)]
+    )
+    users = make_users(2, signup=utc(2025, 12, 1), closed_at=[utc(2026, 3, 8), None])
+    write_inputs(settings, events, users)
+
+    def by_row(frame: pd.DataFrame) -> dict:
+        return frame.set_index(["user_id", "event_timestamp"])["label"].to_dict()
+
+    jan31, feb7 = utc(2026, 1, 31), utc(2026, 2, 7)
+    # The catalogue's closure label: the closure is in (Feb 7, Mar 9], not in (Jan 31, Mar 2].
+    assert by_row(build_labels(social)) == {(1, jan31): 0, (2, jan31): 0, (1, feb7): 1, (2, feb7): 0}
+    # Inactivity marks nobody: both users are active up to the end.
+    inactivity = social.model_copy(update={"label": "inactivity"})
+    assert by_row(build_labels(inactivity)) == {(1, jan31): 0, (2, jan31): 0, (1, feb7): 0, (2, feb7): 0}
+    assert by_row(build_labels(social.model_copy(update={"label_horizon_days": 37}))) == {(1, jan31): 1, (2, jan31): 0}
 
 
 def test_grid_is_weekly_at_midnight_and_censored_at_the_horizon(labels: pd.Series) -> None:

@@ -27,6 +27,24 @@ def test_train_on_labels_without_churners_fails_and_registers_nothing(settings: 
     assert MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models() == []
 
 
+def test_train_with_the_closure_label_fails_when_no_account_closes(settings: Settings) -> None:
+    # Nobody closes an account, and one user stops logging in: churners by inactivity, none by closure.
+    days = [utc(2026, 1, 1) + timedelta(days=d) for d in range(90)]
+    events = make_events(
+        [(user, day, "login", None) for user in (1, 2) for day in days] + [(3, days[0], "login", None)]
+    )
+    write_inputs(settings, events, make_users(3, signup=utc(2025, 12, 1)))
+    result = runner.invoke(app, ["train", "--label", "closure"])
+    assert result.exit_code == 1
+    assert "the closure labels needs both churners and non-churners, has labels [0]" in result.output
+
+
+def test_train_refuses_an_unknown_label(settings: Settings) -> None:
+    result = runner.invoke(app, ["train", "--label", "tenure"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--label'" in result.output and "'tenure'" in result.output
+
+
 def test_train_with_an_unreachable_tracking_server_fails_before_training(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,9 +2,11 @@
 
 Two worlds. A hand-built one goes through the real build (validated events and users -> build_features ->
 apply_repo -> the offline store): the labels' candidates with the population rule applied after the join must agree
-with an independent pandas computation of "signed up before t, open at t, active in [t - 30 d, t)". A world of
+with an independent pandas computation of "a customer at t (signup_at < t < closed_at), active in [t - 30 d, t)". A
+world of
 hand-written feature tables (tests/feature_repo/factories.py) adds what a full build never produces for one user
-alone, a stale snapshot, and is materialised to the online store so the same users can be read as serving reads them.
+alone, a stale snapshot, and is materialised to the online store so the same users can be read as serving reads
+them.
 """
 
 from dataclasses import dataclass
@@ -88,7 +90,8 @@ def world_events() -> pd.DataFrame:
 
 
 def expected_statuses(users: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
-    """Status per candidate (user, t), by plain pandas from the documented definitions."""
+    """Status per candidate (user, t), by plain pandas from the documented definitions. Candidates are the customers
+    at t, so none is closed: the store and the users table know the same closures here."""
     window = horizon = timedelta(days=30)
     last_event = events["event_timestamp"].max()
     first = events["event_timestamp"].min().floor("D") + window
@@ -98,11 +101,9 @@ def expected_statuses(users: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
     for user in users.itertuples():
         times = activity.loc[activity["user_id"] == user.user_id, "event_timestamp"]
         for t in grid:
-            if not user.signup_at < t:
+            if not (user.signup_at < t and (pd.isna(user.closed_at) or user.closed_at > t)):
                 continue
-            if not (pd.isna(user.closed_at) or user.closed_at > t):
-                statuses[(user.user_id, t)] = Status.CLOSED
-            elif ((times >= t - window) & (times < t)).any():
+            if ((times >= t - window) & (times < t)).any():
                 statuses[(user.user_id, t)] = Status.SCORED
             else:
                 statuses[(user.user_id, t)] = Status.INACTIVE
@@ -117,6 +118,8 @@ class BuiltWorld:
     joined: pd.DataFrame
     schema: ServiceSchema
     training_set: TrainingSet
+    closing_at_t: pd.DataFrame
+    """The join of user 2 at the instant its account closes, which is no label candidate."""
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +132,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltWorld:
     labels = build_labels(settings)
     schema = service_schema(store.get_feature_service(FEATURE_SERVICE))
     joined = get_training_frame(store, labels, FEATURE_SERVICE)
-    return BuiltWorld(users, events, labels, joined, schema, get_training_set(store, labels, FEATURE_SERVICE, RULE))
+    closing = pd.DataFrame({"user_id": [2], "event_timestamp": [CLOSED_AT_GRID_TIME], "label": [0]})
+    return BuiltWorld(
+        users,
+        events,
+        labels,
+        joined,
+        schema,
+        get_training_set(store, labels, FEATURE_SERVICE, RULE),
+        get_training_frame(store, closing, FEATURE_SERVICE),
+    )
 
 
 def keys(frame: pd.DataFrame) -> list[tuple[int, pd.Timestamp]]:
@@ -149,16 +161,16 @@ def test_candidates_and_the_rule_agree_with_an_independent_computation(built: Bu
 def test_boundaries_of_the_population(built: BuiltWorld) -> None:
     status = statuses_of(built.joined)
     assert status[(2, CLOSED_AT_GRID_TIME - 7 * DAY)] == Status.SCORED
-    assert status[(2, CLOSED_AT_GRID_TIME)] == Status.CLOSED  # closing exactly at t: closed at t
+    assert (2, CLOSED_AT_GRID_TIME) not in status.index  # closing exactly at t: closed at t, no candidate
     assert status[(3, utc(2026, 2, 21))] == Status.SCORED  # closing one second after t: still a customer at t
-    assert status[(3, utc(2026, 2, 28))] == Status.CLOSED
+    assert (3, utc(2026, 2, 28)) not in status.index
     assert (4, SIGNUP_AT_GRID_TIME) not in status.index  # a signup at t is no candidate at t
     assert status[(4, SIGNUP_AT_GRID_TIME + 7 * DAY)] == Status.SCORED
     assert status[(5, utc(2026, 2, 7))] == Status.SCORED  # signed up and active half an hour before t
     assert status[(7, utc(2026, 2, 7))] == Status.SCORED and status[(7, utc(2026, 2, 14))] == Status.INACTIVE
     assert status[(8, utc(2026, 1, 31))] == Status.SCORED and status[(8, utc(2026, 2, 7))] == Status.INACTIVE
     assert set(status.xs(6, level="user_id")) == {Status.INACTIVE}  # renewals are not activity
-    assert set(status.xs(10, level="user_id")) == {Status.CLOSED}
+    assert 10 not in status.index.get_level_values("user_id")  # closed before the first grid time
 
 
 def test_training_set_holds_only_scored_rows_and_no_empty_vector(built: BuiltWorld) -> None:
@@ -172,15 +184,16 @@ def test_training_set_holds_only_scored_rows_and_no_empty_vector(built: BuiltWor
     assert frame["quiz_score_mean_7d"].isna().any() and frame["quiz_score_mean_7d"].notna().any()
     counts = built.training_set.population.counts
     assert counts == {status: int((expected == status).sum()) for status in Status}
-    assert counts[Status.CLOSED] > 0 and counts[Status.INACTIVE] > 0
+    assert counts[Status.CLOSED] == 0 and counts[Status.INACTIVE] > 0
 
 
 def test_the_join_keeps_every_candidate_and_the_account_decides_closure(built: BuiltWorld) -> None:
     pd.testing.assert_frame_equal(built.joined[list(built.labels.columns)], built.labels)
-    row = built.joined.set_index(["user_id", "event_timestamp"]).loc[(2, CLOSED_AT_GRID_TIME)]
+    row = built.closing_at_t.iloc[0]
     # Closed at t, yet the day-before snapshot is within its ttl and shows activity: the account status, not a
-    # missing snapshot, is what keeps the row out.
+    # missing snapshot, is what the population rule (serving's, at that instant) keeps the row out by.
     assert row["account_status"] == "closed" and row["active_days_30d"] > 0
+    assert RULE.statuses(built.closing_at_t).tolist() == [Status.CLOSED]
 
 
 # ------------------------------------------------------------------ a world of feature tables, served online
