@@ -146,7 +146,7 @@ def feature_descriptions(catalog: EventCatalog) -> dict[str, str]:
     texts[RECENCY] = "days since the last activity event"
     texts[TENURE] = "days since signup"
     texts.update(
-        {trend_column(stem): f"{stems[stem]}: last 7 days minus the 7 before" for stem in catalog.trend_features}
+        {trend_column(stem): f"{stems[stem]}, last 7 days minus the 7 before" for stem in catalog.trend_features}
     )
     texts.update({name: ATTRIBUTE_DESCRIPTIONS[name] for name in catalog.account_attributes})
     texts[ACCOUNT_STATUS] = "open or closed; decides who is scored (churn_common.population), not a model input"

@@ -28,6 +28,24 @@ def version_by_alias(client: MlflowClient, alias: str) -> ModelVersion:
         raise TrackingServerUnavailable(f"MLflow failed: {exc.message}") from exc
 
 
+def all_versions(client: MlflowClient) -> list[ModelVersion]:
+    """Every version of the registered model, newest first (none when it was never registered)."""
+    try:
+        versions = client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
+    except MlflowException as exc:
+        raise TrackingServerUnavailable(f"MLflow failed: {exc.message}") from exc
+    return sorted(versions, key=lambda version: int(version.version), reverse=True)
+
+
+def version_by_number(client: MlflowClient, number: str) -> ModelVersion:
+    try:
+        return client.get_model_version(REGISTERED_MODEL, number)
+    except MlflowException as exc:
+        if exc.error_code in _NOT_FOUND_CODES:
+            raise ModelNotFound(f"model {REGISTERED_MODEL!r} has no version {number!r}") from exc
+        raise TrackingServerUnavailable(f"MLflow failed: {exc.message}") from exc
+
+
 def feature_service_of(version: ModelVersion) -> str:
     service = version.tags.get(FEATURE_SERVICE_TAG)
     if not service:

@@ -127,3 +127,41 @@ def rollback() -> None:
 def register_top_level(root: typer.Typer) -> None:
     """Mount ``churn train``."""
     root.command("train")(train)
+
+
+@model_app.command("list")
+def list_versions(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Every registered version, newest first: aliases, FeatureService, label, test ROC-AUC, test window."""
+    from jobs.model_views import version_rows
+
+    with _exit_on_error():
+        rows = version_rows(Settings())
+    if as_json:
+        _print_json({"versions": rows})
+        return
+    if not rows:
+        typer.echo("no registered versions: run `churn train`")
+        return
+    columns = ("version", "aliases", "feature_service", "label", "test_roc_auc", "test_window", "created")
+    widths = {c: max(len(c), *(len(str(row[c])) for row in rows)) for c in columns}
+    for line in ([dict(zip(columns, columns, strict=True))], rows):
+        for row in line:
+            typer.echo("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
+
+
+@model_app.command("show")
+def show_version(
+    version: Annotated[str | None, typer.Argument(help="Version number (default: the champion).")] = None,
+    alias: Annotated[str, typer.Option(help="Alias to show when no version is given.")] = "champion",
+) -> None:
+    """One version in full: tags, aliases, the run's parameters and test metrics, and its model card."""
+    from jobs.model_views import version_detail
+
+    with _exit_on_error():
+        detail = version_detail(Settings(), version, alias)
+    card = detail.pop("model_card", None)
+    _print_json(detail)
+    if card:
+        typer.echo("\n" + card)

@@ -42,7 +42,7 @@ CATALOG = EventCatalog(
             "renewal_fail_rate",
             "renewal_failed",
             ("renewal", "renewal_failed"),
-            description="failed / all renewal attempts; null without attempts",
+            description="failed share of renewal attempts (null without attempts)",
         ),
     ),
     trend_features=("active_days", "story_seconds"),

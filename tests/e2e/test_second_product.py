@@ -7,11 +7,12 @@ platform would: the model beats a one-feature baseline on its own held-back test
 run's test-set artifact), the run says which label it was trained on, and ``/predict`` answers with the social
 service's features and the population rule's statuses, computed here from the raw data.
 
-Batch scoring (``churn score``) is not part of the platform yet, so it is not run here.
+Batch scoring (``churn score``) runs too: its list words the reasons with the social catalogue's descriptions.
 """
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -99,8 +100,19 @@ def test_the_social_app_end_to_end_through_the_cli(platform) -> None:
 
     statuses = expected_statuses(cwd / "data" / "raw")
     assert {"scored", "closed"} <= set(statuses)
+    check_batch_scoring(json.loads(churn(env, cwd, "score")), statuses)
     with running_server(env, via_cli=True) as base:
         check_predictions(base, statuses, model_features)
+
+
+def check_batch_scoring(report: dict, statuses: pd.Series) -> None:
+    """Every user the rule scores at NOW is scored; the high-risk list explains in the social app's words."""
+    assert report["statuses"]["scored"] == report["scored"] == int((statuses == "scored").sum())
+    listed = pd.read_csv(report["high_risk_list"])
+    assert len(listed) == report["high_risk"] > 0
+    segments = [segment for why in listed["why"] for segment in why.split("; ")]
+    # "<plain words>: <value> (typical <value>)", and never a feature's name (they all hold an underscore).
+    assert all(re.fullmatch(r"[^_:;]+: \S+ \(typical \S+\)", segment) for segment in segments), segments[:5]
 
 
 def champion_run(uri: str, cwd: Path) -> tuple[pd.DataFrame, list[str], mlflow.entities.Run]:
