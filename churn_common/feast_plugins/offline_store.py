@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
+import duckdb
 import ibis
 import numpy as np
 import pandas as pd
@@ -43,6 +44,8 @@ from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMeta
 from feast.infra.offline_stores.offline_utils import infer_event_timestamp_from_entity_df
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
+
+from churn_common.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +314,11 @@ def _fast_job(
     # Through ibis's own pandas conversion, so entity columns come back exactly as from Feast's memtable.
     arrow = ibis.memtable(entities).to_pyarrow()
     con.con.register(_ENTITY_TABLE, arrow.append_column(_ROW, pa.array(np.arange(len(arrow), dtype=np.int64))))
-    table = con.sql(build_query(reads, timestamp_col, t_range, filter_created))
+    try:
+        table = con.sql(build_query(reads, timestamp_col, t_range, filter_created))
+    except duckdb.IOException as exc:
+        # ibis reads the sources' schema here: no files yet means no build yet.
+        raise DataError(f"cannot read the offline features ({exc}); run `churn features build` first") from exc
     return IbisRetrievalJob(
         table,
         [],

@@ -464,7 +464,7 @@ def test_api_rollout_keeps_capacity_and_scaling_respects_the_disruption_budget()
     assert hpa["spec"]["minReplicas"] >= 2 > by_kind[("PodDisruptionBudget", "churn-api")]["spec"]["minAvailable"]
 
 
-def test_api_writes_the_prediction_log_onto_the_shared_volume_and_sees_nothing_else_of_it() -> None:
+def test_api_writes_the_prediction_log_onto_the_shared_volume_and_reads_only_what_the_console_shows() -> None:
     [(_, api)] = [(p, o) for p, o in _workloads() if o["metadata"]["name"] == "churn-api"]
     pod = _pod_template(api)["spec"]
     [container] = pod["containers"]
@@ -478,7 +478,11 @@ def test_api_writes_the_prediction_log_onto_the_shared_volume_and_sees_nothing_e
     [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == log_dir]
     assert mount.get("subPath") == "predictions" and not mount.get("readOnly")
     assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == "churn-data"
-    assert [m for m in container["volumeMounts"] if m["name"] == mount["name"]] == [mount], "only predictions/"
+    others = [m for m in container["volumeMounts"] if m["name"] == mount["name"] and m is not mount]
+    data = Settings(data_dir=Path(config["CHURN_DATA_DIR"])).paths
+    console_reads = {data.snapshots, data.high_risk_list("any").parent}
+    assert {Path(m["mountPath"]) for m in others} == console_reads and all(m.get("readOnly") for m in others)
+    assert all(Path(config["CHURN_DATA_DIR"]) / m["subPath"] == Path(m["mountPath"]) for m in others)
     [pvc] = [o for _, o in _objects() if o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"] == "churn-data"]
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "every API pod and the jobs mount it at once"
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]

@@ -1,12 +1,15 @@
 """What a newcomer reads from `churn features apply`: no false warnings, and a plain word when the features have not
 been built yet."""
 
+import importlib
 import logging
 from datetime import date, timedelta
 
 import pytest
+from feast.infra.offline_stores.file_source import FileSource
+from feast.repo_config import RepoConfig
 
-from churn_common.settings import Settings
+from churn_common.settings import PROJECT_ROOT, Settings
 from churn_common.store import apply_repo
 from tests.feature_repo.factories import random_accounts, random_snapshots, write_features
 
@@ -39,3 +42,22 @@ def test_apply_before_the_first_build_says_so_plainly(settings: Settings, caplog
     ]
     assert len(said) == 2, [record.getMessage() for record in said]  # the snapshots and the account history
     assert all(record.levelno == logging.INFO and "churn features build" in record.getMessage() for record in said)
+
+
+def test_plain_feast_commands_do_not_warn_about_glob_paths(
+    settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`feast plan`/`feast apply` validate every source through FileSource.validate: with our glob paths Feast warns
+    that the path does not exist, built or not. The feature repo's definitions silence exactly that warning."""
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "feature_repo"))  # as `feast` imports the repo's modules
+    data_sources = importlib.import_module("data_sources")
+
+    write_features(settings.paths, random_snapshots(USERS, DAYS), random_accounts(USERS, seed=0, valid_from=DAYS[0]))
+    config = RepoConfig(project="p", provider="local", registry="unused.db", online_store={"type": "sqlite"})
+    glob_source = data_sources.user_daily_snapshots
+    single_file = FileSource(name="one", path=str(settings.paths.root / "absent.parquet"), timestamp_field="t")
+    with caplog.at_level(logging.WARNING):
+        glob_source.validate(config)
+        single_file.validate(config)
+    messages = _feast_warnings(caplog)
+    assert len(messages) == 1 and "absent.parquet" in messages[0]  # a real missing file still warns

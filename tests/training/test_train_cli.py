@@ -7,6 +7,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from churn_common.settings import Settings
+from churn_common.store import apply_repo
 from jobs.cli import app
 from tests.factories import make_events, make_users, utc
 from tests.training.test_labels import write_inputs
@@ -64,3 +65,18 @@ def test_rollback_without_a_previous_champion_fails(settings: Settings) -> None:
     result = runner.invoke(app, ["model", "rollback"])
     assert result.exit_code == 1
     assert "ModelNotFound" in result.output
+
+
+def test_train_before_the_feature_build_says_to_build(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Validated data with churners and non-churners, the repo applied, but no `churn features build` yet.
+    days = [utc(2026, 1, 1) + timedelta(days=d) for d in range(90)]
+    events = make_events(
+        [(user, day, "login", None) for user in (1, 2) for day in days] + [(3, days[0], "login", None)]
+    )
+    write_inputs(settings, events, make_users(3, signup=utc(2025, 12, 1)))
+    apply_repo(settings)
+    monkeypatch.setenv("CHURN_FEAST_PROJECT", settings.feast_project)
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == 1, result.output
+    assert "DataError" in result.output and "run `churn features build` first" in result.output
+    assert "Traceback" not in result.output
