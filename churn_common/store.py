@@ -27,6 +27,18 @@ from churn_common.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+
+class _MaterializingFlagWarning(logging.Filter):
+    """Feast warns that ``serve_features_while_materializing`` "typically has no effect" with a file registry. It
+    does have one: without it, online reads of views a materialisation marked MATERIALIZING fail, file registry
+    or not (tests/feature_repo/test_online_redis.py::test_reads_keep_working_while_materializing shows both)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "serve_features_while_materializing" not in record.getMessage()
+
+
+logging.getLogger("feast.repo_config").addFilter(_MaterializingFlagWarning())
+
 PROFILE_FILES = {
     "embedded": "feature_store.yaml",
     "redis": "feature_store.redis.yaml",

@@ -10,7 +10,7 @@ from feast.infra.offline_stores.file_source import FileSource
 from feast.repo_config import RepoConfig
 
 from churn_common.settings import PROJECT_ROOT, Settings
-from churn_common.store import apply_repo
+from churn_common.store import apply_repo, feature_store
 from tests.feature_repo.factories import random_accounts, random_snapshots, write_features
 
 USERS = range(1, 21)
@@ -61,3 +61,11 @@ def test_plain_feast_commands_do_not_warn_about_glob_paths(
         single_file.validate(config)
     messages = _feast_warnings(caplog)
     assert len(messages) == 1 and "absent.parquet" in messages[0]  # a real missing file still warns
+
+
+def test_no_false_warning_about_serving_while_materializing(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        feature_store(settings)
+    assert not [r for r in caplog.records if "serve_features_while_materializing" in r.getMessage()]
