@@ -35,7 +35,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s: ClassVar[float] = 10.0
     max_header_bytes: ClassVar[int] = 32_768
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
         self._header_bytes = 0
         self._started = False  # whether a byte of the current request has arrived
@@ -123,7 +123,7 @@ def server_config(settings: Settings, app: Any, **options: Any) -> uvicorn.Confi
         host=settings.api_host,
         port=settings.api_port,
         http=bounded_protocol(settings),
-        timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]  # a float works as a delay
+        timeout_keep_alive=settings.keep_alive_seconds,  # typed int by uvicorn; a float works as a delay
         log_config=None,
         **options,
     )

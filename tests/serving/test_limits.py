@@ -48,6 +48,20 @@ def until_closed(sock: socket.socket) -> bytes:
     return received
 
 
+def one_response(sock: socket.socket) -> bytes:
+    """One whole response (its Content-Length's worth of body), leaving the connection open."""
+    received = b""
+    while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < _length(received):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed mid-response: {received[:200]!r}"
+        received += chunk
+    return received
+
+
+def _length(received: bytes) -> int:
+    return int(response_parts(received)[1]["content-length"])
+
+
 def response_parts(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *lines = head.decode().split("\r\n")
@@ -115,8 +129,8 @@ def test_headers_must_arrive_within_the_bound_and_idle_connections_are_closed(bo
     served = [connect(bounded) for _ in range(6)]
     for sock in served:
         sock.sendall(f"GET /predict?user_id={FRESH_USERS[0]} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
-        response = sock.recv(65536)
-        assert response.startswith(b"HTTP/1.1 200 "), response[:200]
+        status, _, body = response_parts(one_response(sock))
+        assert status == 200 and json.loads(body)["status"] == "scored"
     last_activity = time.monotonic()
 
     received = {"silent": [], "halfway": [], "served": []}
