@@ -3,6 +3,7 @@
 Nothing here touches the disk or the network: paths are computed, never created, on construction.
 """
 
+import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -107,13 +108,42 @@ class Settings(BaseSettings):
     # --- serving -------------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    api_token: SecretStr | None = Field(None, description="When set, /predict* require 'Bearer <token>'")
+    api_token: SecretStr | None = Field(
+        None, description="When set, /predict* require 'Bearer <token>'; audited as token id 'default'"
+    )
+    api_tokens: SecretStr | None = Field(
+        None,
+        description="Named tokens for /predict*: JSON {id: token}, or the path of a file holding it (a mounted "
+        "Secret); each request is audited with its token's id. Combines with api_token",
+    )
     erasure_key: SecretStr | None = Field(
         None, description="Key of the erasure register's hashes; unset: one generated once under data_dir/privacy"
     )
     batch_max_ids: int = 100
-    online_timeout_ms: int = 200
-    freshness_slo_seconds: int = 2 * 86_400
+    online_timeout_ms: int = Field(
+        200, gt=0, description="Bound on a request's online read, from its arrival: a later answer is a 503"
+    )
+    max_body_bytes: int = Field(
+        1_048_576, gt=0, description="Largest request body (100 batch ids take ~2 KB); larger ones get a 413"
+    )
+    body_timeout_seconds: float = Field(
+        10.0, gt=0, description="Time a request may take to send its body, from its headers' end; then a 408"
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a connection may take to send a request's headers, from its opening or the request's "
+        "first byte (churn serve); then a 408 and the connection closed",
+    )
+    max_header_bytes: int = Field(
+        32_768, gt=0, description="Largest request line plus headers (churn serve); larger ones get a 431"
+    )
+    keep_alive_seconds: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this")
+    freshness_slo_seconds: int = Field(
+        2 * 86_400,
+        description="Age of the online features the freshness alert allows; not a readiness condition (the API "
+        "keeps serving, and answers users whose features are outside their ttl with a 503)",
+    )
     model_poll_seconds: float = 30.0
     max_concurrency: int = 64
     prediction_log_share: float = Field(
@@ -168,8 +198,21 @@ class Settings(BaseSettings):
 
     @property
     def redis_connection_string(self) -> str:
-        """Feast's Redis connection string: ``host:port,db=N[,password=...]``."""
+        """Feast's Redis connection string: ``host:port,db=N[,password=...]``, read back by Feast as exactly this
+        password whatever it holds (see :func:`_connection_value`)."""
         parts = [f"{self.redis_host}:{self.redis_port}", f"db={self.redis_db}"]
         if self.redis_password is not None:
-            parts.append(f"password={self.redis_password.get_secret_value()}")
+            parts.append(f"password={_connection_value(self.redis_password.get_secret_value())}")
         return ",".join(parts)
+
+
+def _connection_value(text: str) -> str:
+    """``text`` as a value of Feast's Redis connection string. Feast splits the string at every ``,`` and reads each
+    value as JSON when it parses as JSON, else as it is: a value with a comma (``x,db=5`` would select db 5) or one
+    JSON reads as something else (``123``, ``true``, ``"x"``) is written as a JSON string with its commas escaped."""
+    try:
+        json.loads(text)
+    except ValueError:
+        if "," not in text:
+            return text
+    return json.dumps(text).replace(",", "\\u002c")

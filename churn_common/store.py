@@ -56,10 +56,24 @@ def profile_yaml(settings: Settings) -> Path:
 def _expansion_values(settings: Settings) -> dict[str, str]:
     """What ``${VAR}`` in the YAML may name: the environment, plus values Settings already knows."""
     values = dict(os.environ)
-    values["CHURN_REDIS_CONNECTION_STRING"] = settings.redis_connection_string
+    values["CHURN_REDIS_CONNECTION_STRING"] = _yaml_quoted(settings.redis_connection_string)
     if settings.registry_url:
         values["CHURN_REGISTRY_URL"] = settings.registry_url
     return values
+
+
+def _yaml_quoted(text: str) -> str:
+    """``text`` escaped for where the profiles substitute it: inside a YAML double-quoted scalar, in which ``"``
+    ends the value, ``\\`` starts an escape and a line break folds into a space (a password may hold any of them)."""
+    return "".join(_yaml_char(char) for char in text)
+
+
+def _yaml_char(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    if char.isprintable():
+        return char
+    return f"\\u{ord(char):04x}" if ord(char) < 0x10000 else f"\\U{ord(char):08x}"
 
 
 def _expand(text: str, values: Mapping[str, str], source: Path) -> str:

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from functools import partial
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.telemetry import TelemetryConfig
 from feast import FeatureService, FeatureStore
 from threadpoolctl import threadpool_limits
@@ -15,10 +16,11 @@ from threadpoolctl import threadpool_limits
 from churn_common.population import PopulationRule
 from churn_common.settings import Settings
 from churn_common.store import feature_store
-from serving.auth import require_token
+from serving.auth import load_tokens
 from serving.console import add_console
 from serving.docs import add_docs
 from serving.features import FeatureReader, make_reader, redis_pipe
+from serving.gateway import Gateway
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.model_loader import (
     SCORE_CACHE_SIZE,
@@ -29,14 +31,15 @@ from serving.model_loader import (
     refresh_champion,
 )
 from serving.prediction_log import PredictionLog, keep_flushing
-from serving.query import openapi_with_validation_errors
+from serving.query import openapi_with_validation_errors, validation_failed
+from serving.redaction import Redactor, redactor_for
 from serving.routes import add_routes
 from serving.state import ServingState
 
 logger = logging.getLogger(__name__)
 
 
-def _build_state(settings: Settings, metrics: ServingMetrics, score_cache_size: int) -> ServingState:
+def _build_state(settings: Settings, metrics: ServingMetrics, score_cache_size: int, redact: Redactor) -> ServingState:
     store = feature_store(settings)
     timeout_s = settings.online_timeout_ms / 1000
     pipe = redis_pipe(store, timeout_s)
@@ -45,19 +48,23 @@ def _build_state(settings: Settings, metrics: ServingMetrics, score_cache_size: 
         return make_reader(store, service, pipe, timeout_s)
 
     rule = PopulationRule(settings.active_window_days)
-    loader = ChampionLoader(settings.tracking_uri, store, reader_factory, rule, score_cache_size)
+    loader = ChampionLoader(settings.tracking_uri, store, reader_factory, rule, score_cache_size, redact=redact)
     slots = asyncio.Semaphore(settings.max_concurrency)
     log = PredictionLog(settings.prediction_log_root, settings.prediction_log_share, metrics)
-    return ServingState(settings, metrics, store, pipe, loader, ChampionHolder(), slots, settings.clock, log)
+    loop = asyncio.get_running_loop()
+    holder = ChampionHolder()
+    return ServingState(
+        settings, metrics, store, pipe, loader, holder, slots, settings.clock, log, loop, timeout_s, redact
+    )
 
 
-def _lifespan(settings: Settings, metrics: ServingMetrics, score_cache_size: int):
+def _lifespan(settings: Settings, metrics: ServingMetrics, score_cache_size: int, redact: Redactor):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Scoring batches are small matrices: BLAS/OpenMP worker threads only add hand-offs and contend with the
         # event loop for the cores, so the process runs them single-threaded while it serves.
         blas_limits = threadpool_limits(1)
-        state = _build_state(settings, metrics, score_cache_size)
+        state = _build_state(settings, metrics, score_cache_size, redact)
         app.state.serving = state
         if await refresh_champion(state.holder, state.loader, metrics) and state.holder.current is not None:
             _announce(metrics, state.holder.current)
@@ -107,20 +114,23 @@ def create_app(settings: Settings | None = None, *, score_cache_size: int = SCOR
     """``score_cache_size=0`` scores every request (the benchmark's cold path)."""
     settings = settings or Settings()
     metrics = ServingMetrics()
+    tokens = load_tokens(settings)
     app = FastAPI(
         title="Churn prediction API",
         version="1",
         description="Churn probability, risk band and reasons per learner, from online features in Feast.",
-        lifespan=_lifespan(settings, metrics, score_cache_size),
+        lifespan=_lifespan(settings, metrics, score_cache_size, redactor_for(settings)),
         telemetry=_telemetry(settings.otel_telemetry),
+        exception_handlers={RequestValidationError: validation_failed},
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    # Only a configured token adds the auth dependency, so the OpenAPI document never advertises auth it lacks.
-    guards = [Depends(require_token)] if settings.api_token is not None else []
-    add_routes(app, guards)
-    add_console(app, guards)
+    limits = {"max_body_bytes": settings.max_body_bytes, "body_timeout_s": settings.body_timeout_seconds}
+    app.add_middleware(Gateway, tokens=tokens, **limits)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: it counts the gateway's answers too
+    # Only configured tokens make the OpenAPI document declare auth, so it never advertises auth it lacks.
+    add_routes(app, bearer=tokens is not None)
+    add_console(app, bearer=tokens is not None)
     add_docs(app)
-    app.openapi = openapi_with_validation_errors(app)
+    app.openapi = openapi_with_validation_errors(app, bearer=tokens is not None)
     return app

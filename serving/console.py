@@ -7,24 +7,25 @@ list words them), how old the features are, and the user's recent daily snapshot
 """
 
 import asyncio
-from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, params, status
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from churn_common.catalog import feature_descriptions
-from churn_common.errors import FeatureStoreUnavailable
 from churn_common.reasons import plain_reason
-from serving.deps import StateDep, require_champion
+from serving.deps import StateDep
+from serving.gateway import CONSOLE_HIGH_RISK_PATH, CONSOLE_USER_PATH
 from serving.history import Activity, HighRiskPage, high_risk_page, read_activity
-from serving.prediction import check_answerable, prediction_body
-from serving.query import UserId
+from serving.prediction import prediction_body
+from serving.query import BEARER_SCHEME, USER_ID_OPENAPI, VALIDATION_ERROR_RESPONSE
+from serving.routes import look_up
 from serving.schemas import ErrorBody, Prediction
+from serving.state import ServingState
 
 PAGE = Path(__file__).parent / "console"
 HIGH_RISK_PAGE_MAX = 100
@@ -45,22 +46,17 @@ _LOOKUP_ERRORS = {
 }
 
 
-async def console_user(user_id: Annotated[UserId, Query()], state: StateDep) -> ConsoleUser:
+async def console_user(request: Request) -> ConsoleUser:
     """One user as a support agent sees them."""
-    champion = require_champion(state.holder)
-    async with state.slots:
-        try:
-            found = await state.lookups(champion)(user_id)
-        except FeatureStoreUnavailable as exc:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
-    check_answerable(found.vector, found.status, found.now)
-    if found.scored is not None:
-        state.prediction_log.record(champion, found.vector, found.scored, found.now)
+    champion, found = await look_up(request)
+    state: ServingState = request.app.state.serving
     catalog = state.settings.event_catalog()
     descriptions, typical = feature_descriptions(catalog), champion.model.reference_values
     reasons = [plain_reason(r, descriptions, typical) for r in (found.scored.reasons if found.scored else ())]
     as_of = found.vector.as_of
-    activity = await asyncio.to_thread(read_activity, state.settings.paths, catalog, user_id, found.now, ACTIVITY_DAYS)
+    activity = await asyncio.to_thread(
+        read_activity, state.settings.paths, catalog, found.vector.user_id, found.now, ACTIVITY_DAYS
+    )
     return ConsoleUser(
         prediction=Prediction.model_validate(prediction_body(champion, found.vector, found.status, found.scored)),
         reasons=reasons,
@@ -85,11 +81,14 @@ async def console_page() -> FileResponse:
     return FileResponse(PAGE / "index.html", media_type="text/html")
 
 
-def add_console(app: FastAPI, guards: Sequence[params.Depends]) -> None:
-    """The page, its assets, and its reads (behind ``guards``, as /predict)."""
-    api = APIRouter(prefix="/console/api", tags=["console"], dependencies=list(guards))
-    api.add_api_route("/user", console_user, methods=["GET"], responses=_LOOKUP_ERRORS)
-    api.add_api_route("/high-risk", high_risk, methods=["GET"])
-    app.include_router(api)
-    app.add_api_route("/console", console_page, methods=["GET"], include_in_schema=False)
+def add_console(app: FastAPI, bearer: bool) -> None:
+    """The page, its assets, and its reads (behind serving.gateway's tokens, as /predict; ``bearer``: declared)."""
+    security = {"security": [{BEARER_SCHEME: []}]} if bearer else {}
+    user_responses = _LOOKUP_ERRORS | VALIDATION_ERROR_RESPONSE
+    app.add_api_route(
+        CONSOLE_USER_PATH, console_user, tags=["console"], responses=user_responses,
+        openapi_extra=USER_ID_OPENAPI | security,
+    )  # fmt: skip
+    app.add_api_route(CONSOLE_HIGH_RISK_PATH, high_risk, tags=["console"], openapi_extra=security)
+    app.add_api_route("/console", console_page, include_in_schema=False)
     app.mount("/console/assets", StaticFiles(directory=PAGE / "assets"), name="console-assets")

@@ -41,12 +41,19 @@ _INT64_VALUE_HEADER = int(ValueType.INT64).to_bytes(4, "little") + (8).to_bytes(
 _SCAN_PAGES, _SCAN_PAGE_SIZE, _SAMPLE_KEYS = 10, 1000, 100
 DECODE_CACHE_SIZE = 100_000
 _View = TypeVar("_View")
+_Result = TypeVar("_Result")
+_PING = hiredis.pack_command(("PING",))
 
 
 class FeatureReader(Protocol):
-    async def read(self, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]: ...
+    async def read(
+        self, user_ids: Sequence[int], now: datetime, deadline: float | None = None
+    ) -> list[OnlineVector]: ...
 
     async def newest_timestamp(self) -> datetime | None: ...
+
+    async def ping(self) -> None:
+        """Return once the online store answers; FeatureStoreUnavailable if it does not within the timeout."""
 
 
 @dataclass(frozen=True)
@@ -153,11 +160,15 @@ class RedisFeatureReader:
         key = self.redis_key(user_id)
         return b"%s$%d\r\n%s\r\n%s" % (self._hmget_head, len(key), key, self._hmget_tail)
 
-    async def read(self, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]:
+    async def read(self, user_ids: Sequence[int], now: datetime, deadline: float | None = None) -> list[OnlineVector]:
+        """The users' vectors at ``now``, read by ``deadline`` (event-loop time; None: the pipe's timeout)."""
         if not user_ids:  # a command expecting no reply would never complete
             return []
-        rows = await self._pipe.execute(b"".join(map(self._hmget, user_ids)), len(user_ids))
+        rows = await self._pipe.execute(b"".join(map(self._hmget, user_ids)), len(user_ids), deadline)
         return [self._vector(user_id, row, now) for user_id, row in zip(user_ids, rows, strict=True)]
+
+    async def ping(self) -> None:
+        await self._pipe.execute(_PING)
 
     def _parse_stamps(self, raw: tuple[bytes | None, ...]) -> _Stamps:
         times = tuple(map(self._stamps.__getitem__, raw))
@@ -221,16 +232,25 @@ class FeastFeatureReader:
         self._reader.read([0], _NEVER)
         self._newest: datetime | None = None
 
-    async def read(self, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                vectors = await anyio.to_thread.run_sync(self._reader.read, list(user_ids), now)
-        except TimeoutError as exc:
-            raise FeatureStoreUnavailable(f"online store did not answer within {self._timeout_s}s") from exc
+    async def read(self, user_ids: Sequence[int], now: datetime, deadline: float | None = None) -> list[OnlineVector]:
+        vectors = await self._in_time(partial(self._reader.read, list(user_ids), now), deadline)
         stamps = [vector.as_of for vector in vectors if vector.as_of is not None]
         if stamps:
             self._newest = max([*stamps, self._newest] if self._newest else stamps)
         return vectors
+
+    async def ping(self) -> None:
+        # A read of no one's features: the cheapest call that goes through the store (a key lookup in SQLite).
+        await self._in_time(partial(self._reader.read, [0], _NEVER), None)
+
+    async def _in_time(self, call: Callable[[], _Result], deadline: float | None) -> _Result:
+        """``call`` in a worker thread, by ``deadline`` (event-loop time; None: the timeout from now)."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(loop.time() + self._timeout_s if deadline is None else deadline):
+                return await anyio.to_thread.run_sync(call)
+        except TimeoutError as exc:
+            raise FeatureStoreUnavailable(f"online store did not answer in time ({self._timeout_s}s)") from exc
 
     async def newest_timestamp(self) -> datetime | None:
         if self._newest is None and isinstance(self._store.config.online_store, SqliteOnlineStoreConfig):

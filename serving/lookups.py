@@ -12,6 +12,10 @@ in interleaved runs). A lone request starts its batch in the next iteration, as 
 
 Reading and scoring as two shared steps cost every request two suspensions (the Redis reply, then the model call)
 with a future and bookkeeping at each: ~7 % of the server's CPU per request. Here the batch's task takes both steps.
+
+A request's deadline (its arrival plus the online timeout) goes with it: a batch is read by the earliest deadline
+among its requests, so a request that waited behind a stalled batch fails when its own time is up, not a timeout
+after its batch started.
 """
 
 import asyncio
@@ -49,12 +53,19 @@ class Lookups:
         self._clock = clock
         self._ids: list[int] = []
         self._waiters: list[asyncio.Future[Lookup]] = []
+        self._deadline: float | None = None  # the earliest of the gathering requests' deadlines
         self._in_flight: set[asyncio.Task] = set()  # held here: the loop keeps only weak references to tasks
 
-    async def __call__(self, user_id: int) -> Lookup:
+    async def __call__(self, user_id: int, deadline: float | None = None) -> Lookup:
+        """``user_id``'s lookup, failed with FeatureStoreUnavailable if not read by ``deadline`` (event-loop time;
+        None: the reader's timeout from the read's start)."""
         loop = asyncio.get_running_loop()
-        if not self._waiters and len(self._in_flight) < MAX_BATCHES_IN_FLIGHT:
-            loop.call_soon(self._launch)  # after every request resumed in this iteration has queued
+        if not self._waiters:
+            self._deadline = deadline
+            if len(self._in_flight) < MAX_BATCHES_IN_FLIGHT:
+                loop.call_soon(self._launch)  # after every request resumed in this iteration has queued
+        elif deadline is not None and (self._deadline is None or deadline < self._deadline):
+            self._deadline = deadline
         waiter = loop.create_future()
         self._ids.append(user_id)
         self._waiters.append(waiter)
@@ -63,15 +74,15 @@ class Lookups:
     def _launch(self) -> None:
         if not self._ids:  # an ending batch started the next one with these ids before this scheduled launch ran
             return
-        ids, waiters = self._ids, self._waiters
+        ids, waiters, deadline = self._ids, self._waiters, self._deadline
         self._ids, self._waiters = [], []
-        batch = asyncio.get_running_loop().create_task(self._run(ids, waiters))
+        batch = asyncio.get_running_loop().create_task(self._run(ids, waiters, deadline))
         self._in_flight.add(batch)
         batch.add_done_callback(partial(self._settle, waiters))
 
-    async def _run(self, ids: Sequence[int], waiters: Sequence[asyncio.Future[Lookup]]) -> None:
+    async def _run(self, ids: Sequence[int], waiters: Sequence[asyncio.Future[Lookup]], deadline: float | None) -> None:
         now = self._clock()
-        vectors = await read_vectors(self.champion, self._metrics, ids, now)
+        vectors = await read_vectors(self.champion, self._metrics, ids, now, deadline)
         statuses = [population_status(self.champion, vector) for vector in vectors]
         scored = [user_status is Status.SCORED for user_status in statuses]
         scores = iter(await score(self.champion, list(compress(vectors, scored))))

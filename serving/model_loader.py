@@ -26,6 +26,7 @@ from churn_common.population import PopulationRule, Status
 from churn_common.store import get_feature_service
 from serving.features import FeatureReader
 from serving.metrics import ServingMetrics
+from serving.redaction import Redactor, uri_password
 from serving.scoring import BatchScorer, scorer_for
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ ReaderFactory = Callable[[FeatureStore, FeatureService], FeatureReader]
 
 class ChampionLoader:
     """Resolves ``models:/<name>@champion`` and builds a Champion from it (blocking; run in a thread); a version
-    whose FeatureService lacks what ``rule`` reads does not load."""
+    whose FeatureService lacks what ``rule`` reads does not load. ``redact`` cleans what a failure says (MLflow
+    quotes the tracking URI, credentials included) before it is logged or shown by /ready and /predict."""
 
     def __init__(
         self,
@@ -114,7 +116,10 @@ class ChampionLoader:
         make_reader: ReaderFactory,
         rule: PopulationRule,
         score_cache_size: int = SCORE_CACHE_SIZE,
+        *,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
+        self.redact = redact or Redactor([password] if (password := uri_password(tracking_uri)) else [])
         self._client = registry_client(tracking_uri)
         self._score_cache_size = score_cache_size
         self._store = store
@@ -172,7 +177,7 @@ async def refresh_champion(holder: ChampionHolder, loader: ChampionLoader, metri
         champion = await anyio.to_thread.run_sync(loader.load, version)
     # Not only our errors: unpickling runs the model's own code, and one bad version must not stop the poller.
     except Exception as exc:  # noqa: BLE001 - logged and counted in _load_failed, retried at the next poll
-        _load_failed(holder, metrics, exc, version)
+        _load_failed(holder, metrics, exc, version, loader.redact)
         return False
     metrics.model_load_succeeded()
     holder.current = champion
@@ -180,16 +185,23 @@ async def refresh_champion(holder: ChampionHolder, loader: ChampionLoader, metri
     return True
 
 
-def _load_failed(holder: ChampionHolder, metrics: ServingMetrics, exc: Exception, version: ModelVersion | None) -> None:
+def _load_failed(
+    holder: ChampionHolder,
+    metrics: ServingMetrics,
+    exc: Exception,
+    version: ModelVersion | None,
+    redact: Callable[[str], str],
+) -> None:
     metrics.model_load_failed(exc)
     step = "resolving the champion alias" if version is None else f"loading champion version {version.version}"
-    failure = f"{step} failed: {type(exc).__name__}: {exc}"
+    failure = redact(f"{step} failed: {type(exc).__name__}: {exc}")
     serving = "nothing" if holder.current is None else f"version {holder.current.version}"
     logger.warning("%s; still serving %s, retrying at the next poll", failure, serving)
+    # The traceback's own lines quote the exception again; a debug line, and the API's log handler redacts it.
     logger.debug("champion load failure", exc_info=exc)
     if holder.current is None:
         # Our errors' messages say what failed; anyone else's needs its type and the step it came from.
-        holder.problem = str(exc) if isinstance(exc, ChurnError) else failure
+        holder.problem = redact(str(exc)) if isinstance(exc, ChurnError) else failure
 
 
 async def poll_champion(

@@ -17,11 +17,12 @@ from serving.scoring import Scored
 
 
 async def read_vectors(
-    champion: Champion, metrics: ServingMetrics, user_ids: Sequence[int], now: datetime
+    champion: Champion, metrics: ServingMetrics, user_ids: Sequence[int], now: datetime, deadline: float | None = None
 ) -> list[OnlineVector]:
-    """The users' vectors through the champion's reader, with the read's latency and the vectors observed."""
+    """The users' vectors through the champion's reader by ``deadline`` (event-loop time; None: the reader's
+    timeout), with the read's latency and the vectors observed."""
     started = time.perf_counter()
-    vectors = await champion.reader.read(user_ids, now)
+    vectors = await champion.reader.read(user_ids, now, deadline)
     metrics.online_read.observe(time.perf_counter() - started)
     metrics.observe_vectors(vectors, now)
     return vectors

@@ -7,9 +7,13 @@ parses the replies, which resolve the callers' futures in order: Redis answers a
 order it received them, so the n-th reply belongs to the n-th command.
 
 An error reply fails its command with :class:`FeatureStoreUnavailable`; a lost connection fails every command in
-flight, and the next command reconnects. A command unanswered after the timeout drops the connection the same
-way: one that stopped answering may be half-open and never recover, and every command queued behind the late one
-is late too. (A reply is never taken for another command's: a command whose caller went away keeps its place.)
+flight, and the next command reconnects. A command unanswered by its deadline drops the connection the same way:
+one that stopped answering may be half-open and never recover, and every command queued behind the late one is
+late too. (A reply is never taken for another command's: a command whose caller went away keeps its place.)
+
+A deadline is the caller's (a request's arrival plus the online timeout), or the timeout from the moment of
+sending; it covers connecting and the handshake when the command has to open the connection, so a Redis that
+accepts connections but never answers fails a request within its own deadline, not the timeout once per step.
 """
 
 import asyncio
@@ -74,8 +78,8 @@ class _Pending:
 
 
 class _Protocol(asyncio.Protocol):
-    """Commands in flight, oldest first. The oldest one's deadline is watched by one timer rather than a timeout per
-    command: Redis answers in order, so if it is late, everything behind it is too."""
+    """Commands in flight, oldest first, with one timer for the earliest deadline rather than a timeout per command:
+    Redis answers in order, so while one command is late, nothing behind it has been answered either."""
 
     def __init__(self, on_lost, timeout_s: float) -> None:
         # Kept, not looked up per command: on Python 3.11 get_running_loop() makes a getpid() system call.
@@ -92,30 +96,47 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
 
-    def send(self, payload: bytes, replies: int) -> asyncio.Future:
+    def send(self, payload: bytes, replies: int, deadline: float | None = None) -> asyncio.Future:
+        """The replies' future, failed with FeatureStoreUnavailable if they are not all in by ``deadline`` (loop
+        time; None: the timeout from now)."""
         loop = self._loop
         future = loop.create_future()
         if self.closed:
             future.set_exception(FeatureStoreUnavailable("the Redis connection is closed"))
             return future
+        if deadline is None:
+            deadline = loop.time() + self._timeout_s
+        elif deadline <= loop.time():  # its caller waited out its time before getting here: nothing to send
+            future.set_exception(FeatureStoreUnavailable(self.late))
+            return future
         if not self._outgoing:
             loop.call_soon(self._flush)
         self._outgoing.append(payload)
-        self._pending.append(_Pending(future, replies, loop.time() + self._timeout_s))
-        if self._watchdog is None:
-            self._watchdog = loop.call_at(self._pending[0].deadline, self._check_deadline)
+        self._pending.append(_Pending(future, replies, deadline))
+        if self._watchdog is None or deadline < self._watchdog.when():
+            self._watch(deadline)
         return future
+
+    @property
+    def late(self) -> str:
+        return f"online store (Redis) did not answer in time ({self._timeout_s}s)"
+
+    def _watch(self, deadline: float) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog = self._loop.call_at(deadline, self._check_deadline)
 
     def _check_deadline(self) -> None:
         self._watchdog = None
         if self.closed or not self._pending:
             return
-        loop = self._loop
-        if loop.time() >= self._pending[0].deadline:
+        # Callers' deadlines are nearly, not strictly, in sending order: the earliest may be anywhere.
+        earliest = min(pending.deadline for pending in self._pending)
+        if self._loop.time() >= earliest:
             # A connection that stopped answering may be half-open and never recover: a new one is the way back.
-            self.close(f"online store (Redis) did not answer in time ({self._timeout_s}s)")
+            self.close(self.late)
         else:
-            self._watchdog = loop.call_at(self._pending[0].deadline, self._check_deadline)
+            self._watch(earliest)
 
     def _flush(self) -> None:
         if not self.closed and self._outgoing:
@@ -175,10 +196,11 @@ class RedisPipe:
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
-    async def execute(self, payload: bytes, replies: int = 1) -> list[Any]:
-        """The ``replies`` replies to ``payload`` (one or more packed commands)."""
-        protocol = self._protocol if self._protocol is not None else await self._connect()
-        return await protocol.send(payload, replies)
+    async def execute(self, payload: bytes, replies: int = 1, deadline: float | None = None) -> list[Any]:
+        """The ``replies`` replies to ``payload`` (one or more packed commands), by ``deadline`` (the event loop's
+        time; None: ``timeout_s`` from now)."""
+        protocol = self._protocol if self._protocol is not None else await self._connect(deadline)
+        return await protocol.send(payload, replies, deadline)
 
     def drop(self, reason: str) -> None:
         """Close the connection, failing what is in flight; the next command opens a new one."""
@@ -188,32 +210,41 @@ class RedisPipe:
     async def aclose(self) -> None:
         self.drop("the service is shutting down")
 
-    async def _connect(self) -> _Protocol:
-        async with self._connecting:
-            if self._protocol is not None:  # another request connected while this one waited
-                return self._protocol
-            loop = asyncio.get_running_loop()
-            tls = ssl.create_default_context() if self.address.tls else None
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    _, protocol = await loop.create_connection(
-                        lambda: _Protocol(self._forget, self.timeout_s), self.address.host, self.address.port, ssl=tls
-                    )
-            except TimeoutError as exc:
-                raise FeatureStoreUnavailable(f"cannot connect to Redis within {self.timeout_s}s") from exc
-            except OSError as exc:
-                raise FeatureStoreUnavailable(f"cannot connect to Redis: {exc}") from exc
-            await self._handshake(protocol)
-            self._protocol = protocol
-            logger.info("connected to Redis at %s:%d", self.address.host, self.address.port)
-            return protocol
+    async def _connect(self, deadline: float | None) -> _Protocol:
+        """The connection, opened and authenticated by ``deadline``: waiting for another caller's attempt, the TCP
+        connection (which a stalled server's kernel still accepts) and the handshake all count."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s if deadline is None else deadline
+        try:
+            async with asyncio.timeout_at(deadline), self._connecting:
+                if self._protocol is not None:  # another request connected while this one waited
+                    return self._protocol
+                protocol = await self._open(loop)
+                await self._handshake(protocol, deadline)
+        except TimeoutError as exc:
+            raise FeatureStoreUnavailable(
+                f"online store (Redis) did not answer in time ({self.timeout_s}s) while connecting"
+            ) from exc
+        self._protocol = protocol
+        logger.info("connected to Redis at %s:%d", self.address.host, self.address.port)
+        return protocol
 
-    async def _handshake(self, protocol: _Protocol) -> None:
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
+        tls = ssl.create_default_context() if self.address.tls else None
+        try:
+            _, protocol = await loop.create_connection(
+                lambda: _Protocol(self._forget, self.timeout_s), self.address.host, self.address.port, ssl=tls
+            )
+        except OSError as exc:
+            raise FeatureStoreUnavailable(f"cannot connect to Redis: {exc}") from exc
+        return protocol
+
+    async def _handshake(self, protocol: _Protocol, deadline: float) -> None:
         commands = self.address.handshake()
         if not commands:
             return
         try:
-            await protocol.send(b"".join(commands), len(commands))
+            await protocol.send(b"".join(commands), len(commands), deadline)
         # An error reply (wrong password, no such db), or a caller going away meanwhile.
         except (FeatureStoreUnavailable, asyncio.CancelledError):
             protocol.close("the connection handshake failed")

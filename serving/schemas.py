@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 from churn_common.population import Status
 
@@ -51,7 +51,9 @@ class Prediction(BaseModel):
 
 
 class BatchRequest(BaseModel):
-    user_ids: list[int] = Field(min_length=1, description="At most settings.batch_max_ids ids")
+    # Strict: JSON integers only. Lax validation took true, 1.0, "1", "+1", " 1" and "1_000" as ids, where a proxy
+    # or a log reader sees something else.
+    user_ids: list[StrictInt] = Field(min_length=1, description="At most settings.batch_max_ids ids")
 
 
 class PredictionError(BaseModel):

@@ -28,6 +28,11 @@ class ServingState:
     # The instant freshness is judged at: Settings.clock, so a frozen CHURN_NOW serves a simulated day.
     clock: Callable[[], datetime]
     prediction_log: PredictionLog
+    # The loop serving the requests: deadlines are in its time (asking the running loop per request costs a getpid()
+    # system call on Python 3.11).
+    loop: asyncio.AbstractEventLoop
+    online_timeout_s: float
+    redact: Callable[[str], str]  # every message built from a URI or an error passes through it before it is shown
     _lookups: Lookups | None = None
 
     def lookups(self, champion: Champion) -> Lookups:

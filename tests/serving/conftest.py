@@ -16,6 +16,7 @@ import uvicorn
 
 from churn_common.settings import Settings
 from serving.app import create_app
+from serving.server import server_config
 from tests.conftest import REDIS_HOST, REDIS_PORT, TEST_REDIS_DB, _reachable, unique_name
 from tests.serving.world import World, delete_project_keys, free_port, make_world, register_champion, train_model
 
@@ -38,11 +39,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 @contextmanager
 def app_client(settings: Settings, **app_options) -> Iterator[httpx.Client]:
-    """The app served by a real uvicorn server in a thread of this process (lifespan included)."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, **app_options), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
+    """The app served as ``churn serve`` serves it (serving.server's uvicorn configuration, its bounds included)
+    by a real uvicorn server in a thread of this process (lifespan included); logging is left as pytest set it."""
+    local = settings.model_copy(update={"api_host": "127.0.0.1", "api_port": free_port()})
+    config = server_config(local, create_app(settings, **app_options), log_level="warning", lifespan="on")
+    port = local.api_port
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

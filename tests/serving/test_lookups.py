@@ -69,12 +69,15 @@ class RecordingReader:
         self.reader = reader
         self.reads: list[list[int]] = []
 
-    async def read(self, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]:
+    async def read(self, user_ids: Sequence[int], now: datetime, deadline: float | None = None) -> list[OnlineVector]:
         self.reads.append(list(user_ids))
-        return await self.reader.read(user_ids, now)
+        return await self.reader.read(user_ids, now, deadline)
 
     async def newest_timestamp(self) -> datetime | None:
         return await self.reader.newest_timestamp()
+
+    async def ping(self) -> None:
+        await self.reader.ping()
 
 
 def load_champion(world: World, pipe: RedisPipe, wrap: Callable[[FeatureReader], FeatureReader]) -> Champion:
@@ -132,10 +135,12 @@ def test_requests_arriving_while_batches_are_in_flight_go_together_in_the_next(w
     gate = asyncio.Event()
 
     class GatedReader(RecordingReader):
-        async def read(self, user_ids: Sequence[int], now: datetime) -> list[OnlineVector]:
+        async def read(
+            self, user_ids: Sequence[int], now: datetime, deadline: float | None = None
+        ) -> list[OnlineVector]:
             self.reads.append(list(user_ids))
             await gate.wait()
-            return await self.reader.read(user_ids, now)
+            return await self.reader.read(user_ids, now, deadline)
 
     async def scenario() -> tuple[list[list[int]], list[list[int]], list[Lookup]]:
         pipe = redis_pipe(feature_store(world.settings), timeout_s=5.0)

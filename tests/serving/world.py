@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 import httpx
 import mlflow
@@ -92,6 +93,7 @@ def make_world(
     redis_db: int,
     *,
     redis_port: int = 6379,
+    redis_password: str | None = None,
     tracking_uri: str | None = None,
     with_stale: bool = True,
 ) -> World:
@@ -104,6 +106,7 @@ def make_world(
         feast_profile="redis",
         redis_port=redis_port,
         redis_db=redis_db,
+        redis_password=redis_password,
         mlflow_tracking_uri=tracking_uri or f"sqlite:///{root / 'mlflow.db'}",
         model_poll_seconds=0.3,
     )
@@ -185,6 +188,8 @@ def server_env(settings: Settings, **overrides: str) -> dict[str, str]:
     }
     if settings.now is not None:
         env["CHURN_NOW"] = settings.now.isoformat()
+    if settings.redis_password is not None:
+        env["CHURN_REDIS_PASSWORD"] = settings.redis_password.get_secret_value()
     env.update(overrides)
     return env
 
@@ -195,17 +200,31 @@ def running_server(
 ) -> Iterator[str]:
     """A real uvicorn process (one worker) on a free port serving the app ``factory``, or ``churn serve`` itself
     with ``via_cli`` (slower to start: the CLI imports every stage). Yields the base URL."""
+    with server_process(env, via_cli=via_cli, factory=factory) as (base, _):
+        yield base
+
+
+@contextmanager
+def server_process(
+    env: dict[str, str],
+    *,
+    via_cli: bool = False,
+    factory: str = "serving.app:create_app",
+    stderr: IO[bytes] | None = None,
+    log_level: str = "WARNING",
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """:func:`running_server`'s process too (to measure it), its stderr to ``stderr`` when given."""
     port = free_port()
     if via_cli:
-        command = [str(Path(sys.executable).with_name("churn")), "--log-level", "WARNING", "serve"]
+        command = [str(Path(sys.executable).with_name("churn")), "--log-level", log_level, "serve"]
     else:
         command = [sys.executable, "-m", "uvicorn", factory, "--factory", "--port", str(port)]
-        command += ["--log-level", "warning", "--no-access-log"]
-    process = subprocess.Popen(command, env={**env, "CHURN_API_PORT": str(port)}, cwd=PROJECT_ROOT)
+        command += ["--log-level", log_level.lower(), "--no-access-log"]
+    process = subprocess.Popen(command, env={**env, "CHURN_API_PORT": str(port)}, cwd=PROJECT_ROOT, stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(base, process)
-        yield base
+        yield base, process
     finally:
         process.terminate()
         process.wait(timeout=10)
