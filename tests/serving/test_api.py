@@ -277,7 +277,7 @@ def test_metrics_count_what_happened_and_pass_promtool(api: httpx.Client):
     before = api.get("/metrics").text
     for user_id in (FRESH_USERS[3], STALE_USERS[2], CLOSED_USERS[2], INACTIVE_USERS[2], UNKNOWN_USER, "nope"):
         api.get("/predict", params={"user_id": user_id})
-    batch = [FRESH_USERS[4], CLOSED_USERS[3], INACTIVE_USERS[3], STALE_USERS[3], NO_ACCOUNT_USER, 0]
+    batch = [FRESH_USERS[4], CLOSED_USERS[3], INACTIVE_USERS[3], STALE_USERS[3], NO_ACCOUNT_USER, -1]
     assert api.post("/predict/batch", json={"user_ids": batch}).status_code == 200
     after = api.get("/metrics").text
 

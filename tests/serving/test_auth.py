@@ -50,7 +50,7 @@ def test_every_named_token_is_accepted_and_each_request_is_audited_with_its_id(w
         wrong = client.get("/predict", params={"user_id": user}, headers=bearer("tok-crm-4f1"))
         missing = client.post("/predict/batch", json={"user_ids": [user]})
         batch = client.post(
-            "/predict/batch", json={"user_ids": [user, 0, STALE_USERS[0], UNKNOWN_USER]}, headers=bearer(NAMED["crm"])
+            "/predict/batch", json={"user_ids": [user, -1, STALE_USERS[0], UNKNOWN_USER]}, headers=bearer(NAMED["crm"])
         )
         later = [
             client.get("/predict", params={"user_id": u}, headers=bearer(NAMED["support"])) for u in (UNKNOWN_USER, "x")
@@ -73,7 +73,7 @@ def test_every_named_token_is_accepted_and_each_request_is_audited_with_its_id(w
         {"endpoint": "/predict/batch", "token_id": None, "status": 401, "user_ids": None, "model_version": None,
          "outcomes": None},
         {"endpoint": "/predict/batch", "token_id": "crm", "status": 200,
-         "user_ids": [user, 0, STALE_USERS[0], UNKNOWN_USER], "model_version": version,
+         "user_ids": [user, -1, STALE_USERS[0], UNKNOWN_USER], "model_version": version,
          "outcomes": ["scored", "invalid", "stale", "unknown"]},
         {"endpoint": "/predict", "token_id": "support", "status": 404, "user_ids": [UNKNOWN_USER],
          "model_version": version, "outcomes": ["unknown"]},
@@ -161,3 +161,18 @@ def test_without_tokens_the_api_is_open(world: World, audited):
     assert response.status_code == 200
     [record] = audit_lines(audited)
     assert record["token_id"] is None and record["outcomes"] == ["scored"]
+
+
+def test_the_console_page_is_open_and_its_reads_need_a_token(world: World, audited):
+    """The page and its assets hold no data (a browser cannot send a bearer token on navigation); what it reads
+    (a user's answer, the high-risk list) is guarded and audited as /predict is."""
+    user = FRESH_USERS[0]
+    with app_client(world.settings.model_copy(update={"api_tokens": SecretStr(json.dumps(NAMED))})) as client:
+        page, script = client.get("/console"), client.get("/console/assets/console.js")
+        reads = [client.get("/console/api/user", params={"user_id": user}), client.get("/console/api/high-risk")]
+        allowed = client.get("/console/api/user", params={"user_id": user}, headers=bearer(NAMED["support"]))
+    assert (page.status_code, script.status_code) == (200, 200) and "<form" in page.text
+    assert [r.status_code for r in reads] == [401, 401]
+    assert allowed.status_code == 200 and allowed.json()["prediction"]["status"] == "scored"
+    console = [r for r in audit_lines(audited) if r["endpoint"] == "/console/api/user" and r["status"] == 200]
+    assert [(r["token_id"], r["user_ids"], r["outcomes"]) for r in console] == [("support", [user], ["scored"])]
