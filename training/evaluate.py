@@ -74,7 +74,8 @@ def bootstrap_intervals(
 
     Resamples ``groups`` (users), not rows: a user's rows at the test times share the user, so rows are not
     independent draws and a row bootstrap would make the interval too narrow. Each resample weights a user's rows
-    by how often it drew the user; resamples with a single class are left out. Seeded: same inputs, same bounds."""
+    by how often it drew the user; resamples with a single class are left out (NaN bounds if all are). Seeded: same
+    inputs, same bounds."""
     labels = np.asarray(labels, dtype=np.float64)
     users, row_user = np.unique(groups, return_inverse=True)
     rng = np.random.default_rng(seed)
@@ -89,9 +90,9 @@ def bootstrap_intervals(
     intervals = {}
     for name, values in (("roc_auc", np.concatenate(roc)), ("pr_auc", np.concatenate(pr))):
         values = values[np.isfinite(values)]
-        if len(values):
-            intervals[f"{name}_ci_low"], intervals[f"{name}_ci_high"] = np.percentile(values, [tail, 100 - tail])
-    return {name: float(value) for name, value in intervals.items()}
+        low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
+        intervals[f"{name}_ci_low"], intervals[f"{name}_ci_high"] = float(low), float(high)
+    return intervals
 
 
 def _weighted_counts(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

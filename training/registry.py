@@ -140,10 +140,7 @@ def describe(settings: Settings, result: TrainingResult, feature_service: str) -
 
 
 def _with_interval(metrics: dict[str, float], name: str) -> str:
-    value = f"{metrics[name]:.4f}"
-    if f"{name}_ci_low" not in metrics:
-        return value
-    return f"{value} (95 % CI {metrics[f'{name}_ci_low']:.4f}..{metrics[f'{name}_ci_high']:.4f})"
+    return f"{metrics[name]:.4f} (95 % CI {metrics[f'{name}_ci_low']:.4f}..{metrics[f'{name}_ci_high']:.4f})"
 
 
 def git_commit() -> str:

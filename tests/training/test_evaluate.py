@@ -128,3 +128,9 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate() -> None:
         assert first[f"{name}_ci_low"] < metrics[name] < first[f"{name}_ci_high"]
     # Five churners among twenty rows: the interval is wide.
     assert first["roc_auc_ci_high"] - first["roc_auc_ci_low"] > 0.3
+
+
+def test_bootstrap_of_a_single_class_has_no_interval() -> None:
+    intervals = bootstrap_intervals(np.zeros(10, dtype=int), np.linspace(0, 1, 10), np.arange(10), n_resamples=20)
+    assert set(intervals) == {"roc_auc_ci_low", "roc_auc_ci_high", "pr_auc_ci_low", "pr_auc_ci_high"}
+    assert all(np.isnan(value) for value in intervals.values())
