@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     active_window_days: int = 30
     mlflow_tracking_uri: str = Field("", description="Empty: a local SQLite file under data_dir")
     promotion_tolerance: float = Field(0.005, ge=0, description="Challenger may trail the champion by this AUC")
+    promotion_min_positives: int = Field(
+        30, ge=1, description="Refuse promotion when the test window holds fewer churners (too few to compare)"
+    )
 
     # --- serving -------------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

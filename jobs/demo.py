@@ -85,13 +85,32 @@ def _serve(settings: Settings) -> None:
     serve(access_log=False)
 
 
+def _require_trainable(settings: Settings, days: int) -> None:
+    """Stop before generating anything when training could not split ``days`` of history soundly."""
+    from training.split import minimum_history_days
+
+    needed = minimum_history_days(
+        settings.label_horizon_days, settings.observation_cadence_days, settings.active_window_days
+    )
+    if days < needed:
+        raise typer.BadParameter(
+            f"{days} days are too short to train: a time split with purged CV needs at least {needed} days of "
+            f"history with these settings ({settings.active_window_days} d active window, "
+            f"{settings.label_horizon_days} d label horizon, observations every {settings.observation_cadence_days} d)",
+            param_hint="--days",
+        )
+
+
 def demo_command(
     users: Annotated[int, typer.Option(help="Synthetic users to generate.")] = 5_000,
-    days: Annotated[int, typer.Option(help="Days of history, ending yesterday.")] = 240,
+    days: Annotated[
+        int, typer.Option(help="Days of history, ending yesterday (training needs ~4.5 months: 138 by default).")
+    ] = 240,
     serve: Annotated[bool, typer.Option(help="Start the API at the end (--no-serve to stop before).")] = True,
 ) -> None:
     """Run the whole pipeline on the embedded profile: data, validation, features, Feast, training, serving."""
     settings = Settings()
+    _require_trainable(settings, days)
     _generate(settings, users, days)
     _apply(settings)
     _daily_pipeline(settings)

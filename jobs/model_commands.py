@@ -61,13 +61,15 @@ def train(
 
 def run_training(settings: Settings, feature_service: str, promote: bool) -> dict[str, Any]:
     """Labels -> point-in-time training set of the scored population -> model -> MLflow version (challenger),
-    optionally promoted. The label kind is recorded on the run (param ``label``) and in the summary."""
+    optionally promoted. The label kind is recorded on the run (param ``label``) and in the summary ``churn train``
+    prints."""
     from churn_common.labels import LabelSpec
     from churn_common.population import PopulationRule
     from churn_common.store import feature_store
     from training import registry
     from training.dataset import get_training_set
     from training.labels import build_labels
+    from training.split import require_history
     from training.train import require_both_classes, train_churn_model
 
     # Fail before hours of work when the tracking server is down or the labels cannot train a model.
@@ -75,6 +77,12 @@ def run_training(settings: Settings, feature_service: str, promote: bool) -> dic
     label = LabelSpec.of(settings).kind
     labels = build_labels(settings)
     require_both_classes(labels, f"the {label} labels")
+    require_history(
+        labels["event_timestamp"],
+        settings.label_horizon_days,
+        settings.observation_cadence_days,
+        settings.active_window_days,
+    )
     rule = PopulationRule(settings.active_window_days)
     training_set = get_training_set(feature_store(settings), labels, feature_service, rule)
     result = train_churn_model(
@@ -83,9 +91,16 @@ def run_training(settings: Settings, feature_service: str, promote: bool) -> dic
     version = registry.log_and_register(settings, result, feature_service)
     # Monitoring must label the model's predictions the way it was trained; the run is ended, params stay writable.
     client.log_param(version.run_id, "label", label)
-    summary = {"registered_version": version.version, "model_family": result.family, "label": label}
-    summary |= _headline(result.metrics)
-    summary["population"] = {status.value: count for status, count in training_set.population.counts.items()}
+    logger.info("run %s: %s", version.run_id, registry.run_name(result, feature_service))
+    summary = {
+        "run_id": version.run_id,
+        "registered_version": version.version,
+        "label": label,
+        "model": {"family": result.family, "params": result.params},
+        "test_window": registry.observation_window(result.split.test),
+        "test_metrics": _test_metrics(result.metrics),
+        "population": {status.value: count for status, count in training_set.population.counts.items()},
+    }
     if promote:
         summary["promotion"] = registry.promote(settings)
     return summary
@@ -99,9 +114,21 @@ def _ground_truth(settings: Settings) -> pd.DataFrame | None:
     return pd.read_parquet(settings.paths.ground_truth, columns=["user_id", "churn_propensity"])
 
 
-def _headline(metrics: dict[str, float]) -> dict[str, float]:
-    keys = ("roc_auc", "pr_auc", "lift_top_decile", "recall_top_decile", "brier", "roc_auc_oracle_ratio")
-    return {f"test_{key}": round(metrics[key], 4) for key in keys if key in metrics}
+def _test_metrics(metrics: dict[str, float]) -> dict[str, Any]:
+    """The headline test metrics, rounded; ROC-AUC and PR-AUC with their bootstrap 95 % interval."""
+    summary: dict[str, Any] = {
+        name: {
+            "value": round(metrics[name], 4),
+            "ci95": [round(metrics[f"{name}_ci_{end}"], 4) for end in ("low", "high")],
+        }
+        for name in ("roc_auc", "pr_auc")
+    }
+    for name in ("positives", "rows"):
+        summary[name] = int(metrics[name])
+    for name in ("brier", "lift_top_decile", "recall_top_decile", "roc_auc_oracle_ratio"):
+        if name in metrics:
+            summary[name] = round(metrics[name], 4)
+    return summary
 
 
 @model_app.command("promote")

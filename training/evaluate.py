@@ -1,4 +1,5 @@
-"""Test-set metrics (overall, per observation time, per plan), the oracle comparison, and the plots."""
+"""Test-set metrics (overall, per observation time, per plan), their bootstrap intervals, the oracle comparison,
+and the plots."""
 
 import logging
 import math
@@ -16,6 +17,11 @@ from churn_common.names import TIMESTAMP_FIELD
 logger = logging.getLogger(__name__)
 
 TOP_FRACTION = 0.10
+BOOTSTRAP_RESAMPLES = 1_000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+# Resamples scored per numpy pass: bounds the (resamples x rows) weight matrices to ~16 MB each.
+_BOOTSTRAP_CELLS = 2_000_000
 
 
 def top_fraction_mask(scores: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
@@ -34,6 +40,7 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, 
     base_rate = labels.mean()
     metrics = {
         "rows": float(len(labels)),
+        "positives": float(labels.sum()),
         "base_rate": float(base_rate),
         "brier": float(brier_score_loss(labels, scores)),
         "lift_top_decile": float(labels[top].mean() / base_rate) if base_rate > 0 else math.nan,
@@ -54,6 +61,68 @@ def evaluate(test: pd.DataFrame, scores: np.ndarray, oracle_scores: np.ndarray |
         metrics["oracle_roc_auc"] = float(roc_auc_score(labels, oracle_scores))
         metrics["roc_auc_oracle_ratio"] = metrics["roc_auc"] / metrics["oracle_roc_auc"]
     return metrics
+
+
+def bootstrap_intervals(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    groups: np.ndarray,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, float]:
+    """Percentile intervals (``CONFIDENCE``) of ROC-AUC and PR-AUC: ``roc_auc_ci_low`` .. ``pr_auc_ci_high``.
+
+    Resamples ``groups`` (users), not rows: a user's rows at the test times share the user, so rows are not
+    independent draws and a row bootstrap would make the interval too narrow. Each resample weights a user's rows
+    by how often it drew the user; resamples with a single class are left out (NaN bounds if all are). Seeded: same
+    inputs, same bounds."""
+    labels = np.asarray(labels, dtype=np.float64)
+    users, row_user = np.unique(groups, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CELLS // max(len(labels), 1))
+    roc, pr = [], []
+    for start in range(0, n_resamples, chunk):
+        draws = rng.multinomial(len(users), np.full(len(users), 1 / len(users)), size=min(chunk, n_resamples - start))
+        true_positives, false_positives = _weighted_counts(labels, scores, draws[:, row_user].astype(np.float64))
+        roc.append(_roc_auc(true_positives, false_positives))
+        pr.append(_average_precision(true_positives, false_positives))
+    tail = 100 * (1 - CONFIDENCE) / 2
+    intervals = {}
+    for name, values in (("roc_auc", np.concatenate(roc)), ("pr_auc", np.concatenate(pr))):
+        values = values[np.isfinite(values)]
+        low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
+        intervals[f"{name}_ci_low"], intervals[f"{name}_ci_high"] = float(low), float(high)
+    return intervals
+
+
+def _weighted_counts(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted true and false positives above each distinct score, highest score first: (resamples, scores)."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    ordered = np.asarray(scores)[order]
+    # Tied scores share one threshold: the counts are read at the last row of each run of equal scores.
+    last_of_tie = np.r_[np.flatnonzero(np.diff(ordered)), len(ordered) - 1]
+    weights, positive = weights[:, order], labels[order]
+    true_positives = np.cumsum(weights * positive, axis=1)[:, last_of_tie]
+    false_positives = np.cumsum(weights * (1 - positive), axis=1)[:, last_of_tie]
+    return true_positives, false_positives
+
+
+def _roc_auc(true_positives: np.ndarray, false_positives: np.ndarray) -> np.ndarray:
+    """Trapezoidal area under the ROC curve through the thresholds, as sklearn's roc_auc_score; NaN for one class."""
+    tp = np.pad(true_positives, ((0, 0), (1, 0)))
+    fp = np.pad(false_positives, ((0, 0), (1, 0)))
+    area = np.sum(np.diff(fp, axis=1) * (tp[:, 1:] + tp[:, :-1]) / 2, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return area / (tp[:, -1] * fp[:, -1])
+
+
+def _average_precision(true_positives: np.ndarray, false_positives: np.ndarray) -> np.ndarray:
+    """Sum of precision times recall gained at each threshold, as sklearn's average_precision_score."""
+    predicted = true_positives + false_positives
+    precision = np.divide(true_positives, predicted, out=np.zeros_like(predicted), where=predicted > 0)
+    gained = np.diff(np.pad(true_positives, ((0, 0), (1, 0))), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sum(gained * precision, axis=1) / true_positives[:, -1]
 
 
 def slice_metrics(test: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:

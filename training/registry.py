@@ -2,11 +2,18 @@
 the ``champion`` alias forward (promotion, gated on the same test window) or back (rollback).
 
 Every version keeps its own record: a ``feature_service`` tag (serving resolves features through it), the
-test ROC-AUC, and after a promotion attempt the decision with both numbers.
+test ROC-AUC with its interval, and after a promotion attempt the decision with both numbers.
+
+The logged model is self-contained: it ships the churn_common modules its class needs (``MODEL_CODE``, as code
+paths) and pins the packages its pickle was written with, so ``mlflow.pyfunc.load_model`` and ``mlflow models
+serve`` work in an environment holding only those requirements, without this project installed.
 """
 
 import json
 import logging
+import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +41,7 @@ from churn_common.names import (
     FEATURE_SERVICE_TAG,
     REGISTERED_MODEL,
 )
-from churn_common.settings import Settings
+from churn_common.settings import PROJECT_ROOT, Settings
 from training.evaluate import save_plots
 from training.train import KEY_COLUMNS, TrainingResult, reference_predictions
 
@@ -48,6 +55,12 @@ PREVIOUS_CHAMPION_ALIAS = "previous_champion"
 PREVIOUS_CHAMPION_TAG = "previous_champion_version"
 _NOT_FOUND = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 _HEALTH_TIMEOUT_S = 5.0
+GIT_COMMIT_TAG, CATALOG_TAG = "git_commit", "catalog"
+# What unpickling a ChurnModel imports from churn_common (churn_common/model.py and its own imports); shipped with
+# the model under a bare package, without churn_common/__init__.py's imports for the platform's processes.
+MODEL_CODE = ("model.py", "errors.py")
+# The packages whose objects the pickled model holds (or that unpickle it), pinned to the versions that wrote it.
+MODEL_REQUIREMENTS = ("mlflow", "cloudpickle", "numpy", "pandas", "scikit-learn", "scipy")
 
 
 def connect(settings: Settings) -> MlflowClient:
@@ -83,14 +96,62 @@ def _registry_errors(settings: Settings) -> Iterator[None]:
 def log_and_register(settings: Settings, result: TrainingResult, feature_service: str) -> ModelVersion:
     """Log the run and register its model as a new version of ``churn`` with alias ``challenger``."""
     client = connect(settings)
+    tags = {FEATURE_SERVICE_TAG: feature_service, GIT_COMMIT_TAG: git_commit(), CATALOG_TAG: settings.catalog}
     with _registry_errors(settings):
         experiment_id = _experiment_id(client, settings)
-        with mlflow.start_run(experiment_id=experiment_id, tags={FEATURE_SERVICE_TAG: feature_service}):
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name(result, feature_service),
+            description=describe(settings, result, feature_service),
+            tags=tags,
+        ):
             _log_run(result)
             model_uri = _log_model(result.model, result.split.test).model_uri
-        version = _register(client, model_uri, _version_tags(result, feature_service))
+        version = _register(client, model_uri, tags | _version_tags(result))
     logger.info("registered %s version %s as %s", REGISTERED_MODEL, version.version, CHALLENGER_ALIAS)
     return version
+
+
+def run_name(result: TrainingResult, feature_service: str) -> str:
+    return f"{result.family} {feature_service} {observation_window(result.split.test)}"
+
+
+def describe(settings: Settings, result: TrainingResult, feature_service: str) -> str:
+    """The run's description (``mlflow.note.content``): data window, population, label, test metrics with CI."""
+    split, metrics = result.split, result.metrics
+    lines = [
+        f"{result.family} {result.params} on {feature_service} (catalogue {settings.catalog}).",
+        f"Label: {settings.event_catalog().label} within {settings.label_horizon_days} days of each observation "
+        f"time (every {settings.observation_cadence_days} days).",
+        f"Training: {len(split.train)} rows at {split.train['event_timestamp'].nunique()} observation times "
+        f"{observation_window(split.train)}, {len(split.folds)} purged CV folds (CV ROC-AUC "
+        f"{metrics['cv_roc_auc']:.4f}).",
+        f"Test window {observation_window(split.test)}: {len(split.test)} rows, {int(metrics['positives'])} churners.",
+    ]
+    if result.population is not None:
+        counts = ", ".join(f"{status.value} {count}" for status, count in result.population.counts.items())
+        lines.append(f"Population (active window {result.population.active_window_days} d): {counts}.")
+    lines.append(
+        f"Test ROC-AUC {_with_interval(metrics, 'roc_auc')}, PR-AUC {_with_interval(metrics, 'pr_auc')}, "
+        f"Brier {metrics['brier']:.4f} (uncalibrated {metrics['brier_uncalibrated']:.4f}), "
+        f"lift at the top decile {metrics['lift_top_decile']:.2f}."
+    )
+    return "\n\n".join(lines)
+
+
+def _with_interval(metrics: dict[str, float], name: str) -> str:
+    return f"{metrics[name]:.4f} (95 % CI {metrics[f'{name}_ci_low']:.4f}..{metrics[f'{name}_ci_high']:.4f})"
+
+
+def git_commit() -> str:
+    """The project checkout's HEAD, or "unknown" where there is none (an installed image, no git)."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
 
 
 def _experiment_id(client: MlflowClient, settings: Settings) -> str:
@@ -129,15 +190,18 @@ def _log_run(result: TrainingResult) -> None:
 def _split_sizes(result: TrainingResult) -> dict[str, Any]:
     split = result.split
     return {
-        "rows_fit": len(split.fit),
-        "rows_validation": len(split.validation),
+        "rows_train": len(split.train),
         "rows_test": len(split.test),
-        "test_window": _test_window(split.test),
+        "cv_folds": len(split.folds),
+        "train_window": observation_window(split.train),
+        "train_observation_times": split.train["event_timestamp"].nunique(),
+        "test_window": observation_window(split.test),
     }
 
 
-def _test_window(test: pd.DataFrame) -> str:
-    times = test["event_timestamp"]
+def observation_window(frame: pd.DataFrame) -> str:
+    """First..last observation time of ``frame``, as dates."""
+    times = frame["event_timestamp"]
     return f"{times.min():%Y-%m-%d}..{times.max():%Y-%m-%d}"
 
 
@@ -159,20 +223,39 @@ def _log_model(model: ChurnModel, test: pd.DataFrame):
     numeric = example.select_dtypes("number").columns
     # Serving sends float64 for every number (NaN when missing); integer columns in the schema would refuse it.
     example[numeric] = example[numeric].astype("float64")
-    return mlflow.pyfunc.log_model(
-        name=MODEL_ARTIFACT,
-        python_model=model,
-        signature=infer_signature(example, model.predict(None, example)),
-        input_example=example,
-        pip_requirements=[f"{p}=={package_version(p)}" for p in ("mlflow", "scikit-learn", "pandas", "numpy")],
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        return mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=model,
+            signature=infer_signature(example, model.predict(None, example)),
+            input_example=example,
+            code_paths=[str(_model_code(Path(tmp)))],
+            pip_requirements=model_requirements(),
+        )
 
 
-def _version_tags(result: TrainingResult, feature_service: str) -> dict[str, str]:
+def model_requirements() -> list[str]:
+    return [f"{name}=={package_version(name)}" for name in MODEL_REQUIREMENTS]
+
+
+def _model_code(tmp: Path) -> Path:
+    """A bare ``churn_common`` package holding ``MODEL_CODE``, to ship as the model's code path."""
+    source = Path(sys.modules[ChurnModel.__module__].__file__).parent
+    package = tmp / source.name
+    package.mkdir()
+    (package / "__init__.py").write_text('"""What a logged churn model imports at load time."""\n')
+    for name in MODEL_CODE:
+        shutil.copyfile(source / name, package / name)
+    return package
+
+
+def _version_tags(result: TrainingResult) -> dict[str, str]:
+    metrics = result.metrics
     return {
-        FEATURE_SERVICE_TAG: feature_service,
-        "test_roc_auc": f"{result.metrics['roc_auc']:.6f}",
-        "test_window": _test_window(result.split.test),
+        "test_roc_auc": f"{metrics['roc_auc']:.6f}",
+        "test_roc_auc_ci": f"{metrics['roc_auc_ci_low']:.6f}..{metrics['roc_auc_ci_high']:.6f}",
+        "test_positives": str(int(metrics["positives"])),
+        "test_window": observation_window(result.split.test),
         "training_set_sha256": result.fingerprint["sha256"],
     }
 
@@ -189,8 +272,9 @@ def _register(client: MlflowClient, model_uri: str, tags: dict[str, str]) -> Mod
 
 
 def promote(settings: Settings) -> dict[str, Any]:
-    """Make the challenger the champion unless it trails the champion's ROC-AUC, both scored on the
-    challenger's test window (the most recent labelled data), by more than ``promotion_tolerance``."""
+    """Make the challenger the champion unless its test window holds fewer than ``promotion_min_positives``
+    churners (too few to tell two models apart, or to trust one), or it trails the champion's ROC-AUC, both scored
+    on the challenger's test window (the most recent labelled data), by more than ``promotion_tolerance``."""
     client = connect(settings)
     with _registry_errors(settings):
         challenger = version_by_alias(client, CHALLENGER_ALIAS)
@@ -202,31 +286,45 @@ def promote(settings: Settings) -> dict[str, Any]:
             client.set_model_version_tag(REGISTERED_MODEL, challenger.version, PREVIOUS_CHAMPION_TAG, champion.version)
         if decision["promoted"]:
             client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, challenger.version)
-    logger.info("promotion of version %s: %s", challenger.version, decision["decision"])
+    logger.info("promotion of version %s: %s (%s)", challenger.version, decision["decision"], decision["reason"])
     return decision
 
 
 def _decide(settings: Settings, challenger: ModelVersion, champion: ModelVersion | None) -> dict[str, Any]:
     test = _test_set(challenger)
+    positives = int(test["label"].sum())
+    decision = {
+        "challenger_version": str(challenger.version),
+        "champion_version": None if champion is None else str(champion.version),
+        "tolerance": settings.promotion_tolerance,
+        "min_positives": settings.promotion_min_positives,
+        "test_window": observation_window(test),
+        "test_rows": len(test),
+        "test_positives": positives,
+    }
+    if positives < settings.promotion_min_positives:
+        reason = (
+            f"the test window {decision['test_window']} has {positives} churners, fewer than "
+            f"promotion_min_positives={settings.promotion_min_positives}: too few to tell models apart"
+        )
+        return decision | _verdict(False, reason, None, None)
     challenger_auc = _roc_auc(challenger, test)
     champion_auc = None if champion is None else _roc_auc(champion, test)
-    promoted = champion_auc is None or challenger_auc >= champion_auc - settings.promotion_tolerance
-    if champion is None:
-        reason = "no champion yet"
-    else:
-        relation = "within" if promoted else "worse than"
-        reason = f"challenger ROC-AUC is {relation} {settings.promotion_tolerance} of the champion's"
+    if champion_auc is None:
+        return decision | _verdict(True, "no champion yet", challenger_auc, None)
+    promoted = challenger_auc >= champion_auc - settings.promotion_tolerance
+    relation = "within" if promoted else "worse than"
+    reason = f"challenger ROC-AUC is {relation} {settings.promotion_tolerance} of the champion's"
+    return decision | _verdict(promoted, reason, challenger_auc, champion_auc)
+
+
+def _verdict(promoted: bool, reason: str, challenger_auc: float | None, champion_auc: float | None) -> dict[str, Any]:
     return {
         "decision": "promoted" if promoted else "refused",
         "promoted": promoted,
         "reason": reason,
-        "challenger_version": str(challenger.version),
         "challenger_roc_auc": challenger_auc,
-        "champion_version": None if champion is None else str(champion.version),
         "champion_roc_auc": champion_auc,
-        "tolerance": settings.promotion_tolerance,
-        "test_window": _test_window(test),
-        "test_rows": len(test),
     }
 
 
@@ -252,7 +350,8 @@ def load_model(version: ModelVersion) -> ChurnModel:
 
 
 def _record(client: MlflowClient, challenger: ModelVersion, decision: dict[str, Any]) -> None:
-    for key in ("decision", "challenger_roc_auc", "champion_roc_auc", "champion_version", "tolerance"):
+    keys = ("decision", "reason", "challenger_roc_auc", "champion_roc_auc", "champion_version", "tolerance")
+    for key in (*keys, "test_positives", "min_positives"):
         client.set_model_version_tag(REGISTERED_MODEL, challenger.version, f"promotion.{key}", str(decision[key]))
     client.set_model_version_tag(REGISTERED_MODEL, challenger.version, "promotion.decided_at", _now())
 

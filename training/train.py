@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pandas.api.types import is_numeric_dtype
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import brier_score_loss
 
 from churn_common.errors import TrainingError
 from churn_common.model import ChurnModel, RiskThresholds
 from churn_common.names import ACCOUNT_STATUS, JOIN_KEY, TIMESTAMP_FIELD
 from training import models
-from training.evaluate import evaluate, slice_metrics
+from training.evaluate import bootstrap_intervals, evaluate, slice_metrics
 from training.labels import Population
 from training.models import LABEL
 from training.split import TimeSplit, time_split
@@ -38,10 +38,13 @@ class TrainingResult:
     split: TimeSplit
     test_scores: np.ndarray
     metrics: dict[str, float]
-    """Test metrics, plus ``cv_roc_auc`` and ``validation_*`` of each family under its own prefix."""
+    """Test metrics with their bootstrap intervals (``roc_auc_ci_low`` ...), the uncalibrated Brier score, and
+    the purged-CV ROC-AUC of the chosen candidate (``cv_roc_auc``) and of each family's best (``<family>.cv_*``)."""
     slices: pd.DataFrame
     fingerprint: dict[str, Any]
     reference_distributions: dict[str, Any] = field(repr=False)
+    cross_validation: models.CrossValidation = field(repr=False)
+    """The chosen candidate over the purged folds, its out-of-fold decision values included."""
     population: Population | None = None
     """What the population rule made of the candidate rows the frame was cut from, when known."""
 
@@ -57,23 +60,33 @@ def train_churn_model(
     test rows; it never reaches the model. ``population`` is recorded with the result."""
     feature_names = _check_frame(frame)
     split = time_split(frame, horizon_days)
-    for name, part in (("fit", split.fit), ("validation", split.validation), ("test", split.test)):
+    for name, part in (("training", split.train), ("test", split.test)):
         require_both_classes(part, f"the {name} slice")
-    family, params, pipeline, selection = _select(split, feature_names, horizon_days)
-    model = _package(split, feature_names, pipeline)
+    candidates = models.search(split.train, feature_names, split.folds)
+    chosen = candidates[0]
+    model = _package(split, feature_names, chosen)
     scores = model.predict_proba(split.test)
-    metrics = evaluate(split.test, scores, _oracle_scores(split.test, ground_truth)) | selection
-    logger.info("trained %s: test ROC-AUC %.4f, PR-AUC %.4f", family, metrics["roc_auc"], metrics["pr_auc"])
+    metrics = _test_metrics(split.test, scores, model, _oracle_scores(split.test, ground_truth))
+    metrics |= _selection_metrics(candidates)
+    logger.info(
+        "trained %s: test ROC-AUC %.4f (95 %% CI %.4f..%.4f), PR-AUC %.4f",
+        chosen.family,
+        metrics["roc_auc"],
+        metrics["roc_auc_ci_low"],
+        metrics["roc_auc_ci_high"],
+        metrics["pr_auc"],
+    )
     return TrainingResult(
         model=model,
-        family=family,
-        params=params,
+        family=chosen.family,
+        params=chosen.params,
         split=split,
         test_scores=scores,
         metrics=metrics,
         slices=slice_metrics(split.test, scores),
         fingerprint=fingerprint(frame),
-        reference_distributions=reference_distributions(split.fit, feature_names),
+        reference_distributions=reference_distributions(split.train, feature_names),
+        cross_validation=chosen,
         population=population,
     )
 
@@ -124,37 +137,45 @@ def require_both_classes(frame: pd.DataFrame, what: str) -> None:
         raise TrainingError(f"{what} needs both churners and non-churners, has labels {classes}")
 
 
-def _select(split: TimeSplit, feature_names: list[str], horizon_days: int) -> tuple[str, dict, Any, dict]:
-    """Best hyper-parameters per family by time-CV, then the family by validation ROC-AUC.
-    Returns the family, its parameters, its pipeline fitted on the fit slice, and the selection metrics."""
-    selection: dict[str, float] = {}
-    candidates = {}
-    for family in models.CANDIDATES:
-        searched = models.search(split.train, feature_names, family, horizon_days)
-        numeric, categorical = models.feature_kinds(split.fit, feature_names)
-        pipeline = models.build_pipeline(family, numeric, categorical, searched.params)
-        models.fit(pipeline, split.fit, feature_names)
-        held_out = pipeline.predict_proba(split.validation[feature_names])[:, 1]
-        labels = split.validation[LABEL]
-        selection[f"{family}.cv_roc_auc"] = searched.cv_roc_auc
-        selection[f"{family}.validation_roc_auc"] = float(roc_auc_score(labels, held_out))
-        selection[f"{family}.validation_pr_auc"] = float(average_precision_score(labels, held_out))
-        candidates[family] = (searched.params, pipeline)
-    family = max(candidates, key=lambda f: selection[f"{f}.validation_roc_auc"])
-    params, pipeline = candidates[family]
-    return family, params, pipeline, selection
-
-
-def _package(split: TimeSplit, feature_names: list[str], pipeline: Any) -> ChurnModel:
-    """Calibrated model with risk bands cut at the validation slice's score quantiles. The frame holds scored rows
-    only, so the bands split the population serving scores into the documented shares."""
-    calibrated = models.calibrate(pipeline, split.validation, feature_names)
-    validation_scores = calibrated.predict_proba(split.validation[feature_names])[:, 1]
+def _package(split: TimeSplit, feature_names: list[str], chosen: models.CrossValidation) -> ChurnModel:
+    """The chosen candidate fitted on every training row, calibrated on its out-of-fold scores, with risk bands cut
+    at the quantiles of its calibrated scores of the training rows. The training rows rather than the out-of-fold
+    scores: the bands cut the distribution of the final model's scores, which on new users differs from that on its
+    training rows only by its own optimism, while the fold models, fitted on a fraction of the rows, score more
+    extremely. The frame holds scored rows only, so these are the population serving scores."""
+    numeric, categorical = models.feature_kinds(split.train, feature_names)
+    pipeline = models.build_pipeline(chosen.family, numeric, categorical, chosen.params)
+    models.fit(pipeline, split.train, feature_names)
+    calibrated = models.calibrate_out_of_fold(pipeline, split.train, feature_names, chosen)
+    training_scores = calibrated.predict_proba(split.train[feature_names])[:, 1]
     thresholds = RiskThresholds(
-        high=float(np.quantile(validation_scores, 1 - HIGH_RISK_SHARE)),
-        medium=float(np.quantile(validation_scores, 1 - HIGH_RISK_SHARE - MEDIUM_RISK_SHARE)),
+        high=float(np.quantile(training_scores, 1 - HIGH_RISK_SHARE)),
+        medium=float(np.quantile(training_scores, 1 - HIGH_RISK_SHARE - MEDIUM_RISK_SHARE)),
     )
-    return ChurnModel(calibrated, feature_names, thresholds, reference_values(split.fit, feature_names))
+    return ChurnModel(calibrated, feature_names, thresholds, reference_values(split.train, feature_names))
+
+
+def _test_metrics(
+    test: pd.DataFrame, scores: np.ndarray, model: ChurnModel, oracle_scores: np.ndarray | None
+) -> dict[str, float]:
+    """The test window's metrics, their bootstrap intervals (resampling users), and the Brier score the frozen
+    pipeline would have without its calibrator."""
+    labels = test[LABEL].to_numpy()
+    uncalibrated = model.estimator.calibrated_classifiers_[0].estimator.predict_proba(test[model.feature_names])
+    return (
+        evaluate(test, scores, oracle_scores)
+        | bootstrap_intervals(labels, scores, test[JOIN_KEY].to_numpy())
+        | {"brier_uncalibrated": float(brier_score_loss(labels, uncalibrated[:, 1]))}
+    )
+
+
+def _selection_metrics(candidates: list[models.CrossValidation]) -> dict[str, float]:
+    chosen = candidates[0]
+    metrics = {"cv_roc_auc": chosen.roc_auc, "cv_folds": float(len(chosen.fold_roc_auc))}
+    for result in reversed(candidates):  # best last, so it wins per family
+        metrics[f"{result.family}.cv_roc_auc"] = result.roc_auc
+        metrics[f"{result.family}.cv_roc_auc_min"] = min(result.fold_roc_auc)
+    return metrics
 
 
 def _oracle_scores(test: pd.DataFrame, ground_truth: pd.DataFrame | None) -> np.ndarray | None:

@@ -96,7 +96,7 @@ def test_the_social_app_end_to_end_through_the_cli(platform) -> None:
     test_set, model_features, run = champion_run(env["CHURN_MLFLOW_TRACKING_URI"], cwd)
     assert run.data.params["label"] == "closure"
     assert "plan" not in model_features and {"country", "acquisition_channel", "opens_30d"} <= set(model_features)
-    check_beats_baselines(test_set, summary["test_roc_auc"])
+    check_beats_baselines(test_set, summary["test_metrics"]["roc_auc"]["value"])
 
     statuses = expected_statuses(cwd / "data" / "raw")
     assert {"scored", "closed"} <= set(statuses)

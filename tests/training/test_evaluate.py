@@ -1,11 +1,22 @@
-"""Metric definitions checked against values worked out by hand."""
+"""Metric definitions checked against values worked out by hand or sklearn, and the bootstrap intervals."""
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tests.factories import utc
-from training.evaluate import classification_metrics, evaluate, save_plots, slice_metrics, top_fraction_mask
+from training.evaluate import (
+    _average_precision,
+    _roc_auc,
+    _weighted_counts,
+    bootstrap_intervals,
+    classification_metrics,
+    evaluate,
+    save_plots,
+    slice_metrics,
+    top_fraction_mask,
+)
 
 # 20 rows, scores strictly decreasing. The top decile is the first 2 rows: one churner among them.
 LABELS = np.array([1, 0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0])
@@ -75,3 +86,51 @@ def test_plots_are_png_files(tmp_path) -> None:
     assert sorted(p.name for p in paths) == ["calibration.png", "lift.png", "pr.png", "roc.png"]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_weighted_curves_match_sklearn_with_ties_and_zero_weights() -> None:
+    # The bootstrap scores each resample as the full sample with per-row weights; sklearn's sample_weight is the
+    # reference. Rounded scores make many ties; Poisson weights include zeros.
+    rng = np.random.default_rng(3)
+    labels = (rng.random(400) < 0.3).astype(float)
+    scores = np.round(rng.random(400) + 0.4 * labels, 1)
+    weights = rng.poisson(1.0, size=(6, 400)).astype(float)
+    true_positives, false_positives = _weighted_counts(labels, scores, weights)
+    expected_roc = [roc_auc_score(labels, scores, sample_weight=w) for w in weights]
+    expected_pr = [average_precision_score(labels, scores, sample_weight=w) for w in weights]
+    assert _roc_auc(true_positives, false_positives) == pytest.approx(expected_roc)
+    assert _average_precision(true_positives, false_positives) == pytest.approx(expected_pr)
+
+
+def test_bootstrap_resamples_users_so_a_users_repeated_rows_add_no_certainty() -> None:
+    rng = np.random.default_rng(4)
+    labels = (rng.random(300) < 0.25).astype(int)
+    scores = rng.random(300) + 0.5 * labels
+    users = np.arange(300)
+    once = bootstrap_intervals(labels, scores, users)
+    # Each user observed three times with the same outcome and score: nothing new is known.
+    thrice = bootstrap_intervals(np.repeat(labels, 3), np.repeat(scores, 3), np.repeat(users, 3))
+    assert thrice == pytest.approx(once)
+    # Treating the copies as independent rows would narrow the interval: what resampling users avoids.
+    as_rows = bootstrap_intervals(np.repeat(labels, 3), np.repeat(scores, 3), np.arange(900))
+    assert as_rows["roc_auc_ci_high"] - as_rows["roc_auc_ci_low"] < 0.75 * (
+        once["roc_auc_ci_high"] - once["roc_auc_ci_low"]
+    )
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate() -> None:
+    metrics = classification_metrics(LABELS, SCORES)
+    groups = np.arange(len(LABELS))
+    first = bootstrap_intervals(LABELS, SCORES, groups)
+    assert bootstrap_intervals(LABELS, SCORES, groups) == first
+    assert bootstrap_intervals(LABELS, SCORES, groups, seed=1) != first
+    for name in ("roc_auc", "pr_auc"):
+        assert first[f"{name}_ci_low"] < metrics[name] < first[f"{name}_ci_high"]
+    # Five churners among twenty rows: the interval is wide.
+    assert first["roc_auc_ci_high"] - first["roc_auc_ci_low"] > 0.3
+
+
+def test_bootstrap_of_a_single_class_has_no_interval() -> None:
+    intervals = bootstrap_intervals(np.zeros(10, dtype=int), np.linspace(0, 1, 10), np.arange(10), n_resamples=20)
+    assert set(intervals) == {"roc_auc_ci_low", "roc_auc_ci_high", "pr_auc_ci_low", "pr_auc_ci_high"}
+    assert all(np.isnan(value) for value in intervals.values())

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from churn_common.errors import ModelNotFound, TrackingServerUnavailable
 from churn_common.names import REGISTERED_MODEL
-from churn_common.settings import Settings
+from churn_common.settings import PROJECT_ROOT, Settings
 from products.elearning import FEATURE_SERVICE
 from tests.training.conftest import HORIZON_DAYS
 from training import registry
@@ -48,6 +48,31 @@ def noise_model(training_data) -> TrainingResult:
     return train_churn_model(frame, HORIZON_DAYS, truth)
 
 
+def test_run_is_named_described_and_tagged_with_its_code_and_catalogue(
+    settings: Settings, trained: TrainingResult
+) -> None:
+    version = registry.log_and_register(settings, trained, FEATURE_SERVICE)
+    run = client_for(settings).get_run(version.run_id)
+    test_times = sorted(trained.split.test["event_timestamp"].unique())
+    window = f"{test_times[0]:%Y-%m-%d}..{test_times[-1]:%Y-%m-%d}"
+    assert run.info.run_name == f"{trained.family} {FEATURE_SERVICE} {window}"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert run.data.tags["git_commit"] == head.stdout.strip() == version.tags["git_commit"]
+    assert run.data.tags["catalog"] == settings.catalog == "products.elearning:CATALOG"
+    note = run.data.tags["mlflow.note.content"]
+    metrics = trained.metrics
+    for fact in (
+        f"Test window {window}: {len(trained.split.test)} rows, {int(trained.split.test['label'].sum())} churners",
+        f"Test ROC-AUC {metrics['roc_auc']:.4f} (95 % CI {metrics['roc_auc_ci_low']:.4f}..",
+        "Label: inactivity within 30 days",
+        f"scored {300 * 16}, closed {15 * 16}",
+        f"Training: {len(trained.split.train)} rows at 10 observation times",
+    ):
+        assert fact in note
+    low, high = version.tags["test_roc_auc_ci"].split("..")
+    assert float(low) < float(version.tags["test_roc_auc"]) < float(high)
+
+
 def test_run_records_everything(settings: Settings, trained: TrainingResult) -> None:
     version = registry.log_and_register(settings, trained, FEATURE_SERVICE)
     client = client_for(settings)
@@ -64,6 +89,9 @@ def test_run_records_everything(settings: Settings, trained: TrainingResult) -> 
     expected = {"scored": 300 * 16, "closed": 15 * 16, "inactive": 15 * 16, "stale": 15 * 16, "unknown": 15 * 16}
     assert {name: run.data.metrics[f"population.{name}"] for name in expected} == expected
     assert {name: int(run.data.params[f"population.{name}"]) for name in expected} == expected
+    assert run.data.metrics["roc_auc_ci_low"] == pytest.approx(trained.metrics["roc_auc_ci_low"])
+    assert run.data.metrics["pr_auc_ci_high"] == pytest.approx(trained.metrics["pr_auc_ci_high"])
+    assert run.data.params["cv_folds"] == str(len(trained.split.folds))
     artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
     assert artifacts.is_relative_to(settings.paths.mlflow_artifacts)
     assert {p.name for p in (artifacts / "plots").iterdir()} == {"roc.png", "pr.png", "calibration.png", "lift.png"}
@@ -180,6 +208,44 @@ def test_challenger_within_tolerance_is_promoted(settings: Settings, trained: Tr
     # Identical models score identically: "not worse" passes the gate.
     assert decision["decision"] == "promoted"
     assert decision["challenger_roc_auc"] == pytest.approx(decision["champion_roc_auc"])
+
+
+@pytest.fixture(scope="module")
+def few_churners(training_data) -> TrainingResult:
+    """The good frame with all but 12 churners of the test window relabelled: a window too small to compare on."""
+    frame, truth = training_data
+    frame = frame.copy()
+    test_rows = frame["event_timestamp"] >= sorted(frame["event_timestamp"].unique())[-2]
+    churners = frame.index[test_rows & (frame["label"] == 1)]
+    frame.loc[churners[12:], "label"] = 0
+    return train_churn_model(frame, HORIZON_DAYS, truth)
+
+
+def test_a_test_window_with_too_few_churners_is_never_promoted(
+    settings: Settings, trained: TrainingResult, few_churners: TrainingResult
+) -> None:
+    client = client_for(settings)
+    registry.log_and_register(settings, trained, FEATURE_SERVICE)
+    assert registry.promote(settings)["decision"] == "promoted"
+    version = registry.log_and_register(settings, few_churners, FEATURE_SERVICE)
+    decision = registry.promote(settings)
+    assert decision["decision"] == "refused" and not decision["promoted"]
+    assert decision["test_positives"] == 12 and decision["min_positives"] == settings.promotion_min_positives == 30
+    assert "has 12 churners, fewer than promotion_min_positives=30" in decision["reason"]
+    assert aliases(client) == {"challenger": str(version.version), "champion": "1"}
+    tags = client.get_model_version(REGISTERED_MODEL, version.version).tags
+    assert tags["promotion.decision"] == "refused" and tags["promotion.test_positives"] == "12"
+    assert "too few to tell models apart" in tags["promotion.reason"]
+
+
+def test_without_a_champion_too_few_churners_still_refuse(settings: Settings, trained: TrainingResult) -> None:
+    # The rule is the setting: the same good model, with more churners required than its window holds.
+    strict = settings.model_copy(update={"promotion_min_positives": int(trained.metrics["positives"]) + 1})
+    registry.log_and_register(strict, trained, FEATURE_SERVICE)
+    assert registry.promote(strict)["decision"] == "refused"
+    assert "champion" not in aliases(client_for(strict))
+    relaxed = settings.model_copy(update={"promotion_min_positives": int(trained.metrics["positives"])})
+    assert registry.promote(relaxed)["decision"] == "promoted"
 
 
 def test_promote_without_challenger_is_model_not_found(settings: Settings) -> None:

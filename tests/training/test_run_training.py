@@ -78,6 +78,16 @@ def test_run_training_learns_from_the_scored_population_and_records_it(settings:
     assert run.data.params["population.active_window_days"] == str(settings.active_window_days)
     assert run.data.params["label"] == summary["label"] == "inactivity"  # the e-learning catalogue's
     assert {s: int(run.data.metrics[f"population.{s}"]) for s in counts} == counts
+    # The summary `churn train` prints: the run, the chosen model, test metrics with their intervals.
+    assert summary["run_id"] == version.run_id and summary["registered_version"] == version.version
+    assert summary["model"] == {"family": run.data.params["model_family"], "params": summary["model"]["params"]}
+    for name in ("roc_auc", "pr_auc"):
+        metric = summary["test_metrics"][name]
+        assert metric["value"] == pytest.approx(run.data.metrics[name], abs=5e-5)
+        low, high = (run.data.metrics[f"{name}_ci_{end}"] for end in ("low", "high"))
+        assert metric["ci95"] == pytest.approx([low, high], abs=5e-5)
+        assert metric["ci95"][0] <= metric["value"] <= metric["ci95"][1]
+    assert summary["test_window"] == run.data.params["test_window"]
     model = registry.load_model(version)
     assert model.feature_names == list(service_schema(store.get_feature_service(FEATURE_SERVICE)).model_features)
     assert "account_status" not in model.feature_names

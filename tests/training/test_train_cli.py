@@ -12,6 +12,8 @@ from jobs.cli import app
 from tests.factories import make_events, make_users, utc
 from tests.training.test_labels import write_inputs
 from tests.training.test_registry import closed_port
+from training import registry
+from training.split import minimum_history_days
 
 runner = CliRunner()
 
@@ -80,3 +82,30 @@ def test_train_before_the_feature_build_says_to_build(settings: Settings, monkey
     assert result.exit_code == 1, result.output
     assert "DataError" in result.output and "run `churn features build` first" in result.output
     assert "Traceback" not in result.output
+
+
+def test_train_on_too_short_a_history_names_the_minimum_and_starts_no_run(settings: Settings) -> None:
+    # 120 days of daily logins, half the users stopping after day 60: both classes, but observation times only
+    # from day 30 to day 90, nine weekly times where a purged split needs twelve.
+    days = [utc(2026, 1, 1, 9) + timedelta(days=d) for d in range(120)]
+    rows = [(user, day, "login", None) for user in range(1, 7) for i, day in enumerate(days) if user <= 3 or i < 60]
+    write_inputs(settings, make_events(rows), make_users(6, signup=utc(2025, 12, 1)))
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == 1
+    assert "TrainingError" in result.output and "too short for a sound time split" in result.output
+    assert "9 observation times" in result.output and "at least 138 days of events" in result.output
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    assert client.get_experiment_by_name(registry.EXPERIMENT) is None
+    assert client.search_registered_models() == []
+
+
+def test_demo_with_too_short_a_history_stops_before_generating_anything(settings: Settings) -> None:
+    result = runner.invoke(app, ["demo", "--days", "90", "--no-serve"])
+    assert result.exit_code == 2
+    assert "90 days are too short to train" in result.output and "at least 138 days" in result.output
+    assert not settings.paths.raw.exists()
+
+
+def test_demo_help_states_the_minimum_history_of_the_split() -> None:
+    result = runner.invoke(app, ["demo", "--help"], terminal_width=200)
+    assert f"{minimum_history_days(30, 7, 30)} by default" in result.output
