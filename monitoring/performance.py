@@ -35,8 +35,9 @@ its chi-squared quantile (one degree of freedom per bin: the probabilities were 
 the test alone would flag deviations too small to matter. Estimates assume calibration: a version whose latest
 matured date (at or before D) shows calibration drift has its estimates on D marked as not to be trusted.
 
-**Decay**: the date's ROC-AUC, matured when it exists else estimated, below the scoring version's test ROC-AUC
-(its ``test_roc_auc`` tag) by more than ``performance_decay_threshold``.
+**Decay**: the date's ROC-AUC, matured when the labels give one, else estimated, below the scoring version's test
+ROC-AUC (its ``test_roc_auc`` tag) by more than ``performance_decay_threshold``. An estimate not to be trusted judges
+nothing: decay is then unknown, with the reason.
 
 Each reported date's rows go to ``reports/performance/date=D.json`` (replaced whole), as of the settings clock.
 """
@@ -287,17 +288,18 @@ def _finite(value: float) -> float | None:
 
 @dataclass(frozen=True)
 class Decay:
-    """The date's ROC-AUC against the scoring version's test ROC-AUC."""
+    """The date's ROC-AUC against the scoring version's test ROC-AUC, or why decay cannot be judged."""
 
     reference: float | None
     roc_auc: float | None
     source: str | None
     """``matured`` or ``estimated``: where ``roc_auc`` comes from."""
     threshold: float
+    unknown: str | None = None
 
     @property
     def decayed(self) -> bool | None:
-        if self.reference is None or self.roc_auc is None:
+        if self.unknown is not None or self.reference is None or self.roc_auc is None:
             return None
         return self.roc_auc < self.reference - self.threshold
 
@@ -308,7 +310,26 @@ class Decay:
             "source": self.source,
             "threshold": self.threshold,
             "decayed": self.decayed,
+            **({"unknown": self.unknown} if self.unknown else {}),
         }
+
+
+def decay(
+    reference: float | None, estimated: Metrics, matured: Matured | None, trusted: bool, threshold: float
+) -> Decay:
+    """The matured ROC-AUC when the labels give one, else the estimate unless it is not to be trusted."""
+    matured_auc = matured.metrics.values["roc_auc"] if matured else None
+    if matured_auc is not None:
+        return Decay(reference, matured_auc, "matured", threshold)
+    estimate = estimated.values["roc_auc"]
+    if reference is None:
+        return Decay(None, estimate, "estimated", threshold, "the model version has no test ROC-AUC to compare with")
+    if estimate is None:
+        return Decay(reference, None, None, threshold, "neither matured labels nor the estimate give a ROC-AUC")
+    if not trusted:
+        unknown = "the labels have not matured and the estimate is not to be trusted (calibration drifted)"
+        return Decay(reference, estimate, "estimated", threshold, unknown)
+    return Decay(reference, estimate, "estimated", threshold)
 
 
 @dataclass(frozen=True)
@@ -647,10 +668,6 @@ def _row(
     estimated = estimated_metrics(probabilities)
     spread = sampling_spread(probabilities, _rng(group))
     z = settings.performance_tolerance_z
-    matured_auc = matured.metrics.values["roc_auc"] if matured else None
-    roc_auc, source = (
-        (matured_auc, "matured") if matured_auc is not None else (estimated.values["roc_auc"], "estimated")
-    )
     return DateRow(
         day=group.day,
         model_name=group.model_name,
@@ -663,9 +680,7 @@ def _row(
         estimated=estimated,
         tolerance={name: None if sd is None else z * sd for name, sd in spread.items()},
         matured=matured,
-        decay=Decay(
-            version.test_roc_auc, roc_auc, source if roc_auc is not None else None, settings.performance_decay_threshold
-        ),
+        decay=decay(version.test_roc_auc, estimated, matured, trust[0], settings.performance_decay_threshold),
         estimate_trusted=trust[0],
         trust_basis=trust[1],
     )

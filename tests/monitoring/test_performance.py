@@ -295,6 +295,8 @@ def test_calibration_drift_makes_the_later_estimates_untrusted(world: Settings, 
     assert first.day == D1 and first.calibration_drift is True and not first.estimate_trusted
     assert second.day == D2 and second.matured is None and not second.estimate_trusted
     assert f"calibration drifted on {D1}" in second.trust_basis and "not to be trusted" in second.trust_basis
+    # Nor can an untrusted estimate say whether the model decayed.
+    assert second.decay.decayed is None and "not to be trusted" in second.decay.unknown
     summary = report.summary()
     assert summary["calibration_drift"] == [{"date": D1.isoformat(), "model_version": "1"}]
     assert summary["untrusted_estimates"] == [
