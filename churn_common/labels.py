@@ -19,7 +19,9 @@ The inputs are the validated tables: the events (activity types only) and the us
 signup and closure as the latest export knows them.
 """
 
+import glob
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -124,3 +126,25 @@ def label_entities(entities: pd.DataFrame, spec: LabelSpec) -> pd.DataFrame:
     with duckdb.connect() as con:
         con.register("entity_rows", rows)
         return query_labels(con, spec, f"SELECT {JOIN_KEY}, {TIMESTAMP_FIELD} AS t FROM entity_rows")
+
+
+def matured_until(spec: LabelSpec, now: datetime) -> datetime | None:
+    """The latest instant whose labels are final at ``now``: a row at t has a matured label when t is at or before it.
+
+    The label of t is about (t, t + horizon], so it is final once that window has passed (t + horizon <= now) and the
+    validated events reach its end (t + horizon <= the newest validated event; until then an active user would look
+    like a churner): the censoring training applies to its observation times too (training.labels). None while
+    there are no validated events, when nothing has matured."""
+    if not glob.glob(spec.events):
+        return None
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        try:
+            (newest,) = con.execute(
+                "SELECT max(event_timestamp) FROM read_parquet(?, hive_partitioning = false)", [spec.events]
+            ).fetchone()
+        except duckdb.Error as exc:
+            raise DataError(f"cannot read the validated events {spec.events}: {exc}") from exc
+    if newest is None:
+        return None
+    return min(now, newest) - timedelta(days=spec.horizon_days)

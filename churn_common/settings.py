@@ -172,6 +172,34 @@ class Settings(BaseSettings):
         '"churn_probability" is the scores\'',
     )
 
+    # --- performance monitoring ----------------------------------------------------------------------------
+    performance_ece_threshold: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="A matured date's calibration has drifted when its expected calibration error (10 equal-frequency "
+        "bins) exceeds this and chance cannot explain it (performance_calibration_alpha)",
+    )
+    performance_calibration_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="Significance level of the Hosmer-Lemeshow test that the matured labels deviate from the "
+        "probabilities by more than chance",
+    )
+    performance_decay_threshold: float = Field(
+        0.05,
+        ge=0,
+        description="Decay: a date's ROC-AUC (its matured one, else the estimate) is under its model's test ROC-AUC "
+        "by more than this",
+    )
+    performance_tolerance_z: float = Field(
+        3.0,
+        gt=0,
+        description="An estimate's tolerance: this many standard deviations of the matured metric's spread by chance "
+        "when the model is calibrated",
+    )
+
     def clock(self) -> datetime:
         """The current instant: ``now`` when set (a simulated day), else the wall clock. Always UTC-aware."""
         if self.now is None:

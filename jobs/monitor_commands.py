@@ -1,5 +1,6 @@
 """``churn score``: batch scoring, the prediction log and the high-risk list. ``churn monitor drift``: the scoring
-snapshot against the champion's training reference."""
+snapshot against the champion's training reference. ``churn monitor performance``: the batch log's performance per
+scoring date, estimated and, once labels matured, measured."""
 
 import json
 from datetime import UTC, datetime
@@ -49,6 +50,30 @@ def drift_command(
     typer.echo(json.dumps(report.summary(), indent=2))
 
 
+@monitor_app.command("performance")
+def performance_command(
+    day: Annotated[
+        datetime | None,
+        typer.Option("--date", formats=["%Y-%m-%d"], help="Only this scoring date. Default: every one up to now."),
+    ] = None,
+    catalog: CatalogOption = None,
+) -> None:
+    """ROC-AUC, PR-AUC, top-decile lift and calibration per batch scoring date: estimated from the probabilities
+    (CBPE) and, once the labels matured, measured, side by side; flags calibration drift and decay. Writes
+    reports/performance/date=D.json per date. Drift or decay is a finding: exit 0."""
+    from monitoring.performance import performance_report
+
+    try:
+        report = performance_report(settings_for(catalog), day.date() if day else None)
+    except ChurnError as exc:
+        # No champion or no prediction log: nothing was measured, which is a failure, unlike a finding.
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(json.dumps(report.summary(), indent=2))
+
+
 def register_top_level(root: typer.Typer) -> None:
     root.command("score")(score_command)
-    root.add_typer(monitor_app, name="monitor", help="Watch the platform: drift of the scored features.")
+    root.add_typer(
+        monitor_app, name="monitor", help="Watch the platform: drift of the scored features, performance of the scores."
+    )
