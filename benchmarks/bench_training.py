@@ -27,7 +27,7 @@ def peak_rss_mib() -> float:
 
 
 def reference_seconds(frame) -> float:
-    fit = time_split(frame, HORIZON_DAYS).fit
+    fit = time_split(frame, HORIZON_DAYS).train
     numeric, _ = feature_kinds(fit, [c for c in frame.columns if c not in KEY_COLUMNS])
     started = time.perf_counter()
     HistGradientBoostingClassifier(max_iter=100, early_stopping=False, random_state=0).fit(fit[numeric], fit["label"])

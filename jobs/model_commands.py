@@ -85,8 +85,14 @@ def run_training(settings: Settings, feature_service: str, promote: bool) -> dic
     )
     rule = PopulationRule(settings.active_window_days)
     training_set = get_training_set(feature_store(settings), labels, feature_service, rule)
+    # The first observation time leaves the active window of data behind it; the longest window needs more.
+    longest = max(settings.event_catalog().windows) - settings.active_window_days
     result = train_churn_model(
-        training_set.frame, settings.label_horizon_days, _ground_truth(settings), training_set.population
+        training_set.frame,
+        settings.label_horizon_days,
+        _ground_truth(settings),
+        training_set.population,
+        reference_from=labels["event_timestamp"].min() + pd.Timedelta(days=longest),
     )
     version = registry.log_and_register(settings, result, feature_service)
     # Monitoring must label the model's predictions the way it was trained; the run is ended, params stay writable.

@@ -43,7 +43,7 @@ from churn_common.names import (
 )
 from churn_common.settings import PROJECT_ROOT, Settings
 from training.evaluate import save_plots
-from training.train import KEY_COLUMNS, TrainingResult, reference_predictions
+from training.train import KEY_COLUMNS, TrainingResult
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def _log_run(result: TrainingResult) -> None:
         mlflow.log_artifacts(str(out / "plots"), "plots")
         mlflow.log_dict(result.fingerprint, "training_set_fingerprint.json")
         mlflow.log_dict(result.reference_distributions, "reference_distributions.json")
-        mlflow.log_dict(reference_predictions(result.model, result.split.fit), "reference_predictions.json")
+        mlflow.log_dict(result.reference_predictions, "reference_predictions.json")
         mlflow.log_dict(json.loads(result.slices.to_json(orient="records")), "evaluation/slice_metrics.json")
         # Promotion re-scores the champion on exactly these rows; keep them with the run.
         result.split.test[[*KEY_COLUMNS, *result.model.feature_names]].to_parquet(out / "test_set.parquet")

@@ -43,6 +43,8 @@ class TrainingResult:
     slices: pd.DataFrame
     fingerprint: dict[str, Any]
     reference_distributions: dict[str, Any] = field(repr=False)
+    reference_predictions: dict[str, Any] = field(repr=False)
+    """The model's scores on the reference rows, binned like a numeric feature: prediction drift's reference."""
     cross_validation: models.CrossValidation = field(repr=False)
     """The chosen candidate over the purged folds, its out-of-fold decision values included."""
     population: Population | None = None
@@ -54,14 +56,17 @@ def train_churn_model(
     horizon_days: int,
     ground_truth: pd.DataFrame | None = None,
     population: Population | None = None,
+    reference_from: pd.Timestamp | None = None,
 ) -> TrainingResult:
     """``frame``: user_id, event_timestamp, label and the model features of the scored rows (see
     training.dataset.get_training_set). ``ground_truth`` (user_id, churn_propensity) only scores the oracle on the
-    test rows; it never reaches the model. ``population`` is recorded with the result."""
+    test rows; it never reaches the model. ``population`` is recorded with the result. The drift references are
+    taken from the training rows observed at or after ``reference_from`` (see :func:`reference_rows`)."""
     feature_names = _check_frame(frame)
     split = time_split(frame, horizon_days)
     for name, part in (("training", split.train), ("test", split.test)):
         require_both_classes(part, f"the {name} slice")
+    reference = reference_rows(split.train, reference_from)
     candidates = models.search(split.train, feature_names, split.folds)
     chosen = candidates[0]
     model = _package(split, feature_names, chosen)
@@ -85,7 +90,8 @@ def train_churn_model(
         metrics=metrics,
         slices=slice_metrics(split.test, scores),
         fingerprint=fingerprint(frame),
-        reference_distributions=reference_distributions(split.train, feature_names),
+        reference_distributions=reference_distributions(reference, feature_names),
+        reference_predictions=reference_predictions(model, reference),
         cross_validation=chosen,
         population=population,
     )
@@ -217,6 +223,20 @@ def fingerprint(frame: pd.DataFrame) -> dict[str, Any]:
         "label_rate": float(frame[LABEL].mean()),
         "sha256": digest.hexdigest(),
     }
+
+
+def reference_rows(train: pd.DataFrame, reference_from: pd.Timestamp | None) -> pd.DataFrame:
+    """The training rows the drift references describe: those observed once every window had its full length of
+    data behind it. Earlier rows see less history than their longest windows span (a 90-day count at day 30 of the
+    data covers 30 days), so they would make every later, complete value look drifted. All training rows when no
+    row is that late (a short history)."""
+    if reference_from is None:
+        return train
+    late = train[train[TIMESTAMP_FIELD] >= reference_from]
+    if late.empty:
+        logger.warning("no training row observed after %s: drift references include partial windows", reference_from)
+        return train
+    return late
 
 
 def reference_distributions(frame: pd.DataFrame, feature_names: list[str]) -> dict[str, Any]:

@@ -24,14 +24,14 @@ from tests.monitoring.conftest import after_training, register_champion, write_s
 from training.train import TrainingResult
 
 
-def fit_rows(result: TrainingResult) -> pd.DataFrame:
-    """The champion's fit rows as a scoring matrix: the very rows its reference describes."""
-    return result.split.fit[[JOIN_KEY, *result.model.feature_names]].reset_index(drop=True)
+def training_rows(result: TrainingResult) -> pd.DataFrame:
+    """The champion's training rows as a scoring matrix: the very rows its reference describes."""
+    return result.split.train[[JOIN_KEY, *result.model.feature_names]].reset_index(drop=True)
 
 
 def test_identical_data_has_no_drift(world: Settings, trained: TrainingResult) -> None:
     day = after_training(trained)
-    rows = fit_rows(trained)
+    rows = training_rows(trained)
     write_scoring(world, day, rows, trained.model.predict_proba(rows))
     report = drift_report(world, day)
     assert {drift.name for drift in report.features} == set(trained.model.feature_names)
@@ -44,7 +44,7 @@ def test_identical_data_has_no_drift(world: Settings, trained: TrainingResult) -
 
 def test_shift_above_the_training_maximum_is_a_large_psi(world: Settings, trained: TrainingResult) -> None:
     day = after_training(trained)
-    rows = fit_rows(trained)
+    rows = training_rows(trained)
     rows["tenure_days"] = rows["tenure_days"] + rows["tenure_days"].max() + 1  # every value beyond training
     write_scoring(world, day, rows)
     report = drift_report(world, day)
@@ -75,7 +75,7 @@ def test_psi_and_js_by_hand() -> None:
 
 def test_a_new_category_counts(world: Settings, trained: TrainingResult) -> None:
     day = after_training(trained)
-    rows = fit_rows(trained)
+    rows = training_rows(trained)
     switched = rows.sample(frac=0.2, random_state=1).index
     rows.loc[switched, "acquisition_channel"] = "tiktok_ads"
     write_scoring(world, day, rows)
@@ -88,7 +88,7 @@ def test_a_new_category_counts(world: Settings, trained: TrainingResult) -> None
 
 def test_a_reference_feature_missing_from_the_snapshot_is_an_error(world: Settings, trained: TrainingResult) -> None:
     day = after_training(trained)
-    write_scoring(world, day, fit_rows(trained).drop(columns=["watch_minutes_7d"]))
+    write_scoring(world, day, training_rows(trained).drop(columns=["watch_minutes_7d"]))
     with pytest.raises(DataError, match="watch_minutes_7d"):
         drift_report(world, day)
     assert not drift_report_file(world.paths, day).exists()
@@ -96,7 +96,7 @@ def test_a_reference_feature_missing_from_the_snapshot_is_an_error(world: Settin
 
 def test_a_snapshot_column_without_reference_is_not_comparable(world: Settings, trained: TrainingResult) -> None:
     day = after_training(trained)
-    write_scoring(world, day, fit_rows(trained).assign(new_signal=1.0))
+    write_scoring(world, day, training_rows(trained).assign(new_signal=1.0))
     report = drift_report(world, day)
     assert report.not_comparable == ["new_signal"] and report.as_dict()["not_comparable"] == ["new_signal"]
     assert "new_signal" not in {drift.name for drift in report.features}
@@ -104,7 +104,7 @@ def test_a_snapshot_column_without_reference_is_not_comparable(world: Settings, 
 
 def test_thresholds_come_from_the_settings(world: Settings, trained: TrainingResult) -> None:
     day = after_training(trained)
-    rows = fit_rows(trained)
+    rows = training_rows(trained)
     rows["tenure_days"] = rows["tenure_days"] + rows["tenure_days"].max() + 1
     write_scoring(world, day, rows)
     lenient = drift_report(world.model_copy(update={"drift_thresholds": {"tenure_days": 50.0}}), day)
@@ -130,20 +130,20 @@ def test_thresholds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_prediction_drift_of_shifted_scores(world: Settings, trained: TrainingResult) -> None:
     day = after_training(trained)
-    rows = fit_rows(trained)
+    rows = training_rows(trained)
     write_scoring(world, day, rows, np.clip(trained.model.predict_proba(rows) + 0.5, 0, 1))
     prediction = drift_report(world, day).prediction.as_dict()
     assert prediction["available"] and prediction["drifted"] and prediction["psi"] > 1
 
 
-def test_the_run_logs_the_scores_on_its_fit_rows(world: Settings, trained: TrainingResult, tmp_path: Path) -> None:
+def test_the_run_logs_the_scores_on_its_training_rows(world: Settings, trained: TrainingResult, tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri=world.tracking_uri, registry_uri=world.tracking_uri)
     run_id = client.get_model_version_by_alias("churn", "champion").run_id
     local = mlflow.artifacts.download_artifacts(
         run_id=run_id, artifact_path="reference_predictions.json", dst_path=tmp_path, tracking_uri=world.tracking_uri
     )
     reference = json.loads(Path(local).read_text())
-    scores = trained.model.predict_proba(trained.split.fit)
+    scores = trained.model.predict_proba(trained.split.train)
     assert reference["kind"] == "numeric" and reference["missing_share"] == 0.0
     assert reference["bin_edges"][0] == "-inf" and reference["bin_edges"][-1] == "inf"
     np.testing.assert_allclose(reference["bin_edges"][1:-1], np.quantile(scores, np.arange(1, 10) / 10), rtol=1e-9)
@@ -163,7 +163,7 @@ def test_old_versions_without_prediction_reference(settings: Settings, trained: 
     register_champion(settings.data_dir, trained)
     _delete_artifact(settings, "reference_predictions.json")
     day = after_training(trained)
-    rows = fit_rows(trained)
+    rows = training_rows(trained)
     write_scoring(settings, day, rows, trained.model.predict_proba(rows))
     report = drift_report(settings, day)
     assert report.prediction.as_dict() == {
@@ -179,14 +179,14 @@ def test_old_versions_without_prediction_reference(settings: Settings, trained: 
 
 def test_prediction_drift_without_a_batch_log(world: Settings, trained: TrainingResult) -> None:
     day = after_training(trained)
-    write_scoring(world, day, fit_rows(trained))
+    write_scoring(world, day, training_rows(trained))
     prediction = drift_report(world, day).prediction.as_dict()
     assert prediction["available"] is False and "no batch prediction log" in prediction["reason"]
 
 
 def test_the_latest_scoring_date_by_default(world: Settings, trained: TrainingResult) -> None:
     earlier, later = after_training(trained, 7), after_training(trained, 14)
-    rows = fit_rows(trained)
+    rows = training_rows(trained)
     write_scoring(world, later, rows)
     shifted = rows.assign(tenure_days=rows["tenure_days"] + rows["tenure_days"].max() + 1)
     write_scoring(world, earlier, shifted)
@@ -197,14 +197,14 @@ def test_the_latest_scoring_date_by_default(world: Settings, trained: TrainingRe
 
 def test_a_snapshot_of_a_training_day_is_refused(world: Settings, trained: TrainingResult) -> None:
     last_training_day = after_training(trained, 0)
-    write_scoring(world, last_training_day, fit_rows(trained))
+    write_scoring(world, last_training_day, training_rows(trained))
     with pytest.raises(DataError, match="not after the champion's training data"):
         drift_report(world, last_training_day)
 
 
 def test_an_empty_snapshot_is_an_error(world: Settings, trained: TrainingResult) -> None:
     day = after_training(trained)
-    write_scoring(world, day, fit_rows(trained).iloc[:0])
+    write_scoring(world, day, training_rows(trained).iloc[:0])
     with pytest.raises(DataError, match="no rows"):
         drift_report(world, day)
 
@@ -218,7 +218,7 @@ def test_command_prints_the_summary_and_exits_0_on_drift(
     world: Settings, trained: TrainingResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     day = after_training(trained)
-    rows = fit_rows(trained)
+    rows = training_rows(trained)
     rows["tenure_days"] = rows["tenure_days"] + rows["tenure_days"].max() + 1
     write_scoring(world, day, rows, trained.model.predict_proba(rows))
     result = _cli(world, monkeypatch, "--date", day.isoformat())

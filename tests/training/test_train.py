@@ -21,7 +21,14 @@ from tests.training.frames import (
 )
 from training import models
 from training.dataset import scored_rows
-from training.train import HIGH_RISK_SHARE, MEDIUM_RISK_SHARE, fingerprint, reference_distributions, train_churn_model
+from training.train import (
+    HIGH_RISK_SHARE,
+    MEDIUM_RISK_SHARE,
+    fingerprint,
+    reference_distributions,
+    reference_rows,
+    train_churn_model,
+)
 
 
 def test_model_learns_and_approaches_the_oracle(trained) -> None:
@@ -237,3 +244,13 @@ def test_frames_from_another_seed_train_too() -> None:
     result = train_churn_model(frame, HORIZON_DAYS, truth)
     assert set(result.slices["slice"]) == {"time", "plan"}
     assert result.metrics["roc_auc"] > 0.65
+
+
+def test_drift_references_describe_only_rows_with_full_windows() -> None:
+    times = pd.to_datetime(["2026-01-31", "2026-02-07", "2026-05-02", "2026-05-09"], utc=True)
+    train = pd.DataFrame({"event_timestamp": times, "events_90d": [3.0, 4.0, 40.0, 41.0]})
+    full_from = pd.Timestamp("2026-05-01", tz="UTC")  # 90 days after the data's first day
+    assert reference_rows(train, full_from)["events_90d"].tolist() == [40.0, 41.0]
+    # A history too short for any full window keeps every row (and says so).
+    assert reference_rows(train, pd.Timestamp("2026-06-01", tz="UTC")).equals(train)
+    assert reference_rows(train, None).equals(train)
