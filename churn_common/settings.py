@@ -103,7 +103,12 @@ class Settings(BaseSettings):
     observation_cadence_days: int = 7
     active_window_days: int = 30
     mlflow_tracking_uri: str = Field("", description="Empty: a local SQLite file under data_dir")
-    promotion_tolerance: float = Field(0.005, ge=0, description="Challenger may trail the champion by this AUC")
+    promotion_tolerance: float = Field(
+        0.01,
+        ge=0,
+        description="Non-inferiority margin: a challenger is promoted when the 95 % interval of its ROC-AUC minus the "
+        "champion's, on the challenger's test window, stays above minus this",
+    )
     promotion_min_positives: int = Field(
         30, ge=1, description="Refuse promotion when the test window holds fewer churners (too few to compare)"
     )
@@ -160,6 +165,12 @@ class Settings(BaseSettings):
         False,
         description="FastAPI's native OpenTelemetry spans, metrics and logs (with a provider configured); "
         "off: the API exports Prometheus metrics, and the per-request check costs ~5 % of /predict",
+    )
+
+    # --- retraining -----------------------------------------------------------------------------------------
+    retrain_max_age_days: int = Field(28, gt=0, description="A champion older than this is retrained (schedule)")
+    retrain_cooldown_days: int = Field(
+        7, ge=0, description="After a retrain, drift, decay and schedule wait this long before the next (not --force)"
     )
 
     # --- drift monitoring ----------------------------------------------------------------------------------

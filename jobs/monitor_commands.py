@@ -1,6 +1,7 @@
 """``churn score``: batch scoring, the prediction log and the high-risk list. ``churn monitor drift``: the scoring
 snapshot against the champion's training reference. ``churn monitor performance``: the batch log's performance per
-scoring date, estimated and, once labels matured, measured."""
+scoring date, estimated and, once labels matured, measured. ``churn monitor report``: the day's HTML page of them.
+``churn retrain``: retrain when those findings call for it, behind the promotion gate."""
 
 import json
 from datetime import UTC, datetime
@@ -72,8 +73,46 @@ def performance_command(
     typer.echo(json.dumps(report.summary(), indent=2))
 
 
+@monitor_app.command("report")
+def report_command(
+    day: Annotated[
+        datetime | None,
+        typer.Option("--date", formats=["%Y-%m-%d"], help="The scoring date. Default: the latest scored."),
+    ] = None,
+    catalog: CatalogOption = None,
+) -> None:
+    """Draw the day's HTML report (drift per feature with its distributions, the scores, estimated and matured
+    performance over time, the retraining decision) from the reports the monitoring steps wrote."""
+    from monitoring.drift import latest_scoring_day
+    from monitoring.report import write_daily_report
+
+    settings = settings_for(catalog)
+    try:
+        target = write_daily_report(settings, day.date() if day else latest_scoring_day(settings.paths))
+    except ChurnError as exc:
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(str(target))
+
+
+def retrain_command(
+    force: Annotated[bool, typer.Option(help="Retrain even without a trigger or within the cooldown.")] = False,
+    catalog: CatalogOption = None,
+) -> None:
+    """Retrain when drift, decay or the champion's age calls for it (or --force), and let the promotion gate
+    promote the challenger only if it is non-inferior to the champion. Prints the decision; exit 0 whatever it is
+    (a refused challenger is the gate working), 1 when the decision could not be made."""
+    from jobs.retrain import retrain
+
+    decision = retrain(settings_for(catalog), force=force)
+    typer.echo(json.dumps(decision.as_dict(), indent=2, default=str))
+
+
 def register_top_level(root: typer.Typer) -> None:
     root.command("score")(score_command)
+    root.command("retrain")(retrain_command)
     root.add_typer(
-        monitor_app, name="monitor", help="Watch the platform: drift of the scored features, performance of the scores."
+        monitor_app,
+        name="monitor",
+        help="Watch the platform: drift of the scored features, performance of the scores, the daily report.",
     )

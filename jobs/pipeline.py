@@ -13,14 +13,20 @@ change (its valid-from) can differ.
 """
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
 from churn_common import privacy
-from churn_common.errors import DataError
+from churn_common.champion import registry_client, version_by_alias
+from churn_common.errors import DataError, ModelNotFound
+from churn_common.names import CHAMPION_ALIAS
 from churn_common.settings import Settings
 from jobs.materialize import MaterializationReport, export_metrics, materialize
+from monitoring.metrics import export_monitoring, export_pipeline_success
 from transformations.features import BuildSummary, build_features
 from transformations.validation import ValidationReport, validate
 
@@ -36,6 +42,15 @@ class DailyReport:
     validation: dict[str, Any] | None = None
     build: dict[str, Any] | None = None
     materialization: dict[str, Any] | None = None
+    scoring: dict[str, Any] | None = None
+    drift: dict[str, Any] | None = None
+    performance: dict[str, Any] | None = None
+    retrain: dict[str, Any] | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Steps not run, and why (monitoring before there is a champion, drift on a training day)."""
+    report: str | None = None
+    """The day's HTML report."""
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -44,7 +59,23 @@ class DailyReport:
             "validation": self.validation,
             "build": self.build,
             "materialization": self.materialization,
+            "scoring": self.scoring,
+            "drift": self.drift,
+            "performance": self.performance,
+            "retrain": self.retrain,
+            "skipped": self.skipped,
+            "report": self.report,
+            "seconds": {step: round(value, 3) for step, value in self.seconds.items()},
         }
+
+
+@contextmanager
+def _step(report: DailyReport, name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.seconds[name] = time.perf_counter() - started
 
 
 def default_day(settings: Settings) -> date:
@@ -91,16 +122,68 @@ def _summary(build: BuildSummary) -> dict[str, Any]:
 
 
 def run_daily(settings: Settings, day: date | None = None) -> DailyReport:
-    """Validate -> build -> materialise for ``day`` (default: yesterday by the settings clock)."""
+    """Validate -> build -> materialise for ``day`` (default: yesterday by the settings clock), then, once there is
+    a champion, score -> drift -> performance -> retrain decision -> the day's report; the pipeline's success metric
+    last, only when every step succeeded."""
     day = day or default_day(settings)
     report = DailyReport(day)
     drops = drops_to_validate(settings, day)
-    report.validation = _validate(settings, drops).as_dict()
+    with _step(report, "validate"):
+        report.validation = _validate(settings, drops).as_dict()
     report.validated = [drop.isoformat() for drop in drops]
-    build = build_features(settings, start=min(drops), end=day)
-    report.build = _summary(build)
-    materialization: MaterializationReport = materialize(settings)
-    export_metrics(materialization, settings.paths.metrics / "materialize.prom", settings.pushgateway_url)
+    with _step(report, "build"):
+        report.build = _summary(build_features(settings, start=min(drops), end=day))
+    with _step(report, "materialize"):
+        materialization: MaterializationReport = materialize(settings)
+        export_metrics(materialization, settings.paths.metrics / "materialize.prom", settings.pushgateway_url)
     report.materialization = materialization.as_dict()
+    _monitor(settings, report)
+    export_pipeline_success(settings.paths.metrics / "pipeline.prom", settings.pushgateway_url, report.seconds)
     logger.info("daily pipeline for %s done: build %d online", day, materialization.build)
     return report
+
+
+def _champion_version(settings: Settings) -> str | None:
+    try:
+        return str(version_by_alias(registry_client(settings.tracking_uri), CHAMPION_ALIAS).version)
+    except ModelNotFound:
+        return None
+
+
+def _monitor(settings: Settings, report: DailyReport) -> None:
+    from jobs.retrain import retrain
+    from monitoring.drift import drift_report
+    from monitoring.performance import performance_report
+    from monitoring.report import write_daily_report
+    from monitoring.scoring import score_batch
+
+    version = _champion_version(settings)
+    if version is None:
+        report.skipped["monitoring"] = "no champion yet: `churn train --promote` trains the first"
+        return
+    with _step(report, "score"):
+        scoring = score_batch(settings)
+    report.scoring = scoring.as_dict()
+    drift = None
+    with _step(report, "drift"):
+        try:
+            drift = drift_report(settings, scoring.scored_at.date())
+            report.drift = drift.summary()
+        except DataError as exc:  # e.g. the champion trained on this very day's rows: nothing to compare
+            report.skipped["drift"] = str(exc)
+    with _step(report, "performance"):
+        performance = performance_report(settings)
+    report.performance = performance.summary()
+    with _step(report, "retrain"):
+        decision = retrain(settings, drift=drift, performance=performance)
+    report.retrain = decision.as_dict()
+    export_monitoring(
+        settings.paths.metrics / "monitoring.prom",
+        settings.pushgateway_url,
+        champion_version=version,
+        drift=drift,
+        performance=performance,
+        retrain=decision,
+    )
+    with _step(report, "report"):
+        report.report = str(write_daily_report(settings, scoring.scored_at.date()))

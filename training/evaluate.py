@@ -95,6 +95,37 @@ def bootstrap_intervals(
     return intervals
 
 
+def paired_roc_auc_difference(
+    labels: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    groups: np.ndarray,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, float]:
+    """ROC-AUC of ``scores_a`` minus that of ``scores_b`` on the same rows, with its percentile interval over the
+    same user resamples for both (paired: what the two models share, the rows' difficulty, cancels out, so the
+    interval is far narrower than either model's own). Keys ``difference``, ``ci_low``, ``ci_high``."""
+    labels = np.asarray(labels, dtype=np.float64)
+    difference = float(roc_auc_score(labels, scores_a) - roc_auc_score(labels, scores_b))
+    users, row_user = np.unique(groups, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CELLS // max(len(labels), 1))
+    differences = []
+    for start in range(0, n_resamples, chunk):
+        draws = rng.multinomial(len(users), np.full(len(users), 1 / len(users)), size=min(chunk, n_resamples - start))
+        weights = draws[:, row_user].astype(np.float64)
+        differences.append(
+            _roc_auc(*_weighted_counts(labels, scores_a, weights))
+            - _roc_auc(*_weighted_counts(labels, scores_b, weights))
+        )
+    values = np.concatenate(differences)
+    values = values[np.isfinite(values)]
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
+    return {"difference": difference, "ci_low": float(low), "ci_high": float(high)}
+
+
 def _weighted_counts(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted true and false positives above each distinct score, highest score first: (resamples, scores)."""
     order = np.argsort(-np.asarray(scores), kind="stable")

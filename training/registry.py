@@ -39,10 +39,14 @@ from churn_common.names import (
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
     FEATURE_SERVICE_TAG,
+    JOIN_KEY,
     REGISTERED_MODEL,
+    TIMESTAMP_FIELD,
 )
 from churn_common.settings import PROJECT_ROOT, Settings
-from training.evaluate import save_plots
+from churn_common.store import feature_store
+from training.dataset import get_training_frame
+from training.evaluate import paired_roc_auc_difference, save_plots
 from training.train import KEY_COLUMNS, TrainingResult
 
 logger = logging.getLogger(__name__)
@@ -291,6 +295,9 @@ def promote(settings: Settings) -> dict[str, Any]:
 
 
 def _decide(settings: Settings, challenger: ModelVersion, champion: ModelVersion | None) -> dict[str, Any]:
+    """Both models on the challenger's test window (the most recent labelled data, which neither was fitted on),
+    each through its own FeatureService: promoted when the challenger is non-inferior, i.e. the 95 % interval of
+    its ROC-AUC minus the champion's (paired, users resampled) stays above ``-promotion_tolerance``."""
     test = _test_set(challenger)
     positives = int(test["label"].sum())
     decision = {
@@ -308,14 +315,37 @@ def _decide(settings: Settings, challenger: ModelVersion, champion: ModelVersion
             f"promotion_min_positives={settings.promotion_min_positives}: too few to tell models apart"
         )
         return decision | _verdict(False, reason, None, None)
-    challenger_auc = _roc_auc(challenger, test)
-    champion_auc = None if champion is None else _roc_auc(champion, test)
-    if champion_auc is None:
-        return decision | _verdict(True, "no champion yet", challenger_auc, None)
-    promoted = challenger_auc >= champion_auc - settings.promotion_tolerance
-    relation = "within" if promoted else "worse than"
-    reason = f"challenger ROC-AUC is {relation} {settings.promotion_tolerance} of the champion's"
-    return decision | _verdict(promoted, reason, challenger_auc, champion_auc)
+    challenger_scores = load_model(challenger).predict_proba(test)
+    if champion is None:
+        return decision | _verdict(True, "no champion yet", _auc(test, challenger_scores), None)
+    champion_scores = _scores_on(settings, champion, challenger.tags.get(FEATURE_SERVICE_TAG), test)
+    paired = paired_roc_auc_difference(test["label"], challenger_scores, champion_scores, test[JOIN_KEY])
+    promoted = paired["ci_low"] >= -settings.promotion_tolerance
+    interval = f"[{paired['ci_low']:+.4f}, {paired['ci_high']:+.4f}]"
+    reason = (
+        f"challenger minus champion ROC-AUC {paired['difference']:+.4f}, 95 % interval {interval}: "
+        + ("non-inferior" if promoted else "not shown non-inferior")
+        + f" at a margin of {settings.promotion_tolerance}"
+    )
+    verdict = _verdict(promoted, reason, _auc(test, challenger_scores), _auc(test, champion_scores))
+    return decision | verdict | {"roc_auc_difference": paired}
+
+
+def _auc(test: pd.DataFrame, scores: np.ndarray) -> float:
+    return float(roc_auc_score(test["label"], scores))
+
+
+def _scores_on(settings: Settings, version: ModelVersion, test_service: str | None, test: pd.DataFrame) -> np.ndarray:
+    """The version's probabilities for the test rows, from its own FeatureService's point-in-time features (the test
+    set's own columns when it was trained on the same service)."""
+    model = load_model(version)
+    service = version.tags.get(FEATURE_SERVICE_TAG)
+    if service == test_service and set(model.feature_names) <= set(test.columns):
+        return model.predict_proba(test)
+    if not service:
+        raise ModelRegistryError(f"version {version.version} has no {FEATURE_SERVICE_TAG!r} tag to read features by")
+    entities = test[[JOIN_KEY, TIMESTAMP_FIELD]]
+    return model.predict_proba(get_training_frame(feature_store(settings), entities, service))
 
 
 def _verdict(promoted: bool, reason: str, challenger_auc: float | None, champion_auc: float | None) -> dict[str, Any]:
@@ -334,25 +364,17 @@ def _test_set(version: ModelVersion) -> pd.DataFrame:
         return pd.read_parquet(path)
 
 
-def _roc_auc(version: ModelVersion, test: pd.DataFrame) -> float:
-    model = load_model(version)
-    missing = sorted(set(model.feature_names) - set(test.columns))
-    if missing:
-        raise ModelRegistryError(
-            f"version {version.version} needs features {missing} that the challenger's test window lacks; "
-            "the two models cannot be compared on the same rows"
-        )
-    return float(roc_auc_score(test["label"], model.predict_proba(test)))
-
-
 def load_model(version: ModelVersion) -> ChurnModel:
     return mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}").unwrap_python_model()
 
 
 def _record(client: MlflowClient, challenger: ModelVersion, decision: dict[str, Any]) -> None:
     keys = ("decision", "reason", "challenger_roc_auc", "champion_roc_auc", "champion_version", "tolerance")
-    for key in (*keys, "test_positives", "min_positives"):
-        client.set_model_version_tag(REGISTERED_MODEL, challenger.version, f"promotion.{key}", str(decision[key]))
+    tags = {key: decision[key] for key in (*keys, "test_positives", "min_positives")}
+    if "roc_auc_difference" in decision:
+        tags |= {f"roc_auc_difference.{k}": v for k, v in decision["roc_auc_difference"].items()}
+    for key, value in tags.items():
+        client.set_model_version_tag(REGISTERED_MODEL, challenger.version, f"promotion.{key}", str(value))
     client.set_model_version_tag(REGISTERED_MODEL, challenger.version, "promotion.decided_at", _now())
 
 

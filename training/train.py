@@ -62,8 +62,8 @@ def train_churn_model(
     training.dataset.get_training_set). ``ground_truth`` (user_id, churn_propensity) only scores the oracle on the
     test rows; it never reaches the model. ``population`` is recorded with the result. The drift references are
     taken from the training rows observed at or after ``reference_from`` (see :func:`reference_rows`)."""
-    feature_names = _check_frame(frame)
     split = time_split(frame, horizon_days)
+    feature_names = _with_values(split.train, _check_frame(frame))
     for name, part in (("training", split.train), ("test", split.test)):
         require_both_classes(part, f"the {name} slice")
     reference = reference_rows(split.train, reference_from)
@@ -110,7 +110,7 @@ def _check_frame(frame: pd.DataFrame) -> list[str]:
     if ACCOUNT_STATUS in feature_names:
         raise TrainingError(f"{ACCOUNT_STATUS} decides who is scored and is never a model input")
     require_feature_vectors(frame, feature_names)
-    return _with_values(frame, feature_names)
+    return feature_names
 
 
 def _with_values(frame: pd.DataFrame, feature_names: list[str]) -> list[str]:

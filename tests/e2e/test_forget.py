@@ -58,9 +58,12 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_client):
     monkeypatch.setenv("CHURN_DATA_DIR", str(data))
     project = unique_name("forget")
     # `churn forget` runs as the CLI: its settings come from the environment.
-    for name, value in {"FEAST_PROJECT": project, "FEAST_PROFILE": "redis", "REDIS_DB": str(TEST_REDIS_DB)}.items():
-        monkeypatch.setenv(f"CHURN_{name}", value)
-    settings = Settings(data_dir=data, feast_project=project, feast_profile="redis", redis_db=TEST_REDIS_DB)
+    # 200 users leave a test window of a dozen churners: the gate's minimum is lowered so the first model serves.
+    overrides = {"feast_project": project, "feast_profile": "redis", "redis_db": TEST_REDIS_DB}
+    overrides["promotion_min_positives"] = 5
+    for name, value in overrides.items():
+        monkeypatch.setenv(f"CHURN_{name.upper()}", str(value))
+    settings = Settings(data_dir=data, **overrides)
     yield settings, source
     delete_project_keys(redis_client, project)
 
@@ -201,7 +204,8 @@ def _run_platform(settings: Settings, source: Settings) -> Settings:
     today = _at(settings, FIRST)
     apply_repo(today)
     run_daily(today, FIRST)
-    assert run_training(today, FEATURE_SERVICE, promote=True)["promotion"]["decision"] == "promoted"
+    promotion = run_training(today, FEATURE_SERVICE, promote=True)["promotion"]
+    assert promotion["decision"] == "promoted", promotion
     embedded = today.model_copy(update={"feast_profile": "embedded"})
     apply_repo(embedded)
     materialize(embedded)
@@ -258,7 +262,9 @@ def test_forgotten_user_leaves_no_trace_and_stays_gone(world) -> None:
 
     audit = [json.loads(line) for line in (settings.paths.root / "privacy" / "audit.jsonl").read_text().splitlines()]
     assert len(audit) == 1 and audit[0]["requested_by"] == "agent-7" and audit[0]["reason"] == "ticket 4411"
-    assert audit[0]["rows"] >= len(before) and audit[0]["online_entries"] >= 2 and audit[0]["mlflow_artifacts"] == 1
+    test_sets = {place for place in before if place.startswith("mlflow/") and "test_set" in place}
+    assert audit[0]["rows"] >= len(before) and audit[0]["online_entries"] >= 2
+    assert audit[0]["mlflow_artifacts"] == len(test_sets) >= 1
     assert str(user) not in {str(value) for value in audit[0].values()}
 
     # The next morning the source system sends the user again: a new event and their row in the accounts export.

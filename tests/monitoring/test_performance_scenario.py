@@ -119,7 +119,7 @@ def test_estimates_track_matured_performance_until_calibration_drifts(settings: 
     report = performance_report(end)
     rows = _by_day(report.rows)
     assert sorted(rows) == [*PRE_DRIFT, *POST_DRIFT, NOT_MATURED]
-    test_roc_auc = trained["test_roc_auc"]
+    test_roc_auc = trained["test_metrics"]["roc_auc"]["value"]
 
     for offset in PRE_DRIFT:
         row, entry = rows[offset], rows[offset].as_dict()

@@ -12,7 +12,8 @@ import pytest
 from churn_common.compiled import compile_verified, probe_rows, verify
 from tests.training.conftest import HORIZON_DAYS
 from tests.training.frames import feature_names, make_training_frame
-from training.models import BOOSTING, LOGISTIC, build_pipeline, feature_kinds, fit, search
+from training.models import BOOSTING, CANDIDATES, LOGISTIC, build_pipeline, cross_validate, feature_kinds, fit
+from training.split import time_split
 from training.train import reference_values, train_churn_model
 
 NEVER_OCCURS = [f"quiz_score_mean_{w}d" for w in (7, 14, 30, 90)]
@@ -56,7 +57,9 @@ def test_each_family_fits_rows_where_a_feature_is_all_missing(frame, family: str
     pipeline = build_pipeline(family, *feature_kinds(rows, feature_names()), {})
     scores = fit(pipeline, rows, feature_names()).predict_proba(rows[feature_names()])[:, 1]
     assert np.isfinite(scores).all() and len(np.unique(scores)) > 10
-    assert search(rows, feature_names(), family, HORIZON_DAYS).cv_roc_auc > 0.6
+    split = time_split(rows, HORIZON_DAYS)
+    cv = cross_validate(family, CANDIDATES[family][0], split.train, feature_names(), split.folds)
+    assert cv.roc_auc > 0.6
 
 
 def test_a_users_table_without_plan_trains_a_model_without_it(frame, caplog: pytest.LogCaptureFixture) -> None:
@@ -75,16 +78,27 @@ def test_a_users_table_without_plan_trains_a_model_without_it(frame, caplog: pyt
     assert np.isfinite(result.model.predict_proba(rows.head(50))).all()
 
 
-def test_a_feature_missing_only_in_the_earliest_rows_trains(frame) -> None:
-    # An attribute the users table gained late: absent in every row the candidates are fitted on (the earliest five
-    # observation times, see training.split), present later.
+def test_a_feature_missing_in_the_earliest_fold_trains_and_keeps_it(frame) -> None:
+    # An attribute the users table gained late: absent in every row the first purged-CV fold is fitted on, present
+    # in the later training rows. That fold fits without it; the final model, fitted on every training row, uses it.
     rows = frame[0].copy()
-    times = np.sort(rows["event_timestamp"].unique())
-    rows.loc[rows["event_timestamp"] <= times[4], "plan"] = None
+    split = time_split(rows, HORIZON_DAYS)
+    earliest_fit = split.train.iloc[split.folds[-1].train]
+    rows.loc[rows["event_timestamp"] <= earliest_fit["event_timestamp"].max(), "plan"] = None
+    assert time_split(rows, HORIZON_DAYS).train["plan"].notna().any()
     result = train_churn_model(rows, HORIZON_DAYS, frame[1])
     assert "plan" in result.model.feature_names
     assert result.metrics["roc_auc"] > 0.65
-    assert result.model.reference_values["plan"] is None
-    # Fitted where it had no value, the model cannot have learned from it: no reason ever names it.
+    assert result.model.reference_values["plan"] is not None
+
+
+def test_a_feature_with_values_only_after_the_training_rows_is_left_out(frame, caplog) -> None:
+    # Present in the test rows only: the model could not have learned from it, so it is no input and no reason.
+    rows = frame[0].copy()
+    split = time_split(rows, HORIZON_DAYS)
+    rows.loc[rows["event_timestamp"] <= split.train["event_timestamp"].max(), "plan"] = None
+    with caplog.at_level(logging.WARNING, logger="training.train"):
+        result = train_churn_model(rows, HORIZON_DAYS, frame[1])
+    assert "plan" not in result.model.feature_names and "plan" in caplog.text
     reasons = result.model.explain(result.split.test.head(30))
     assert all(reason["feature"] != "plan" for row in reasons for reason in row)

@@ -20,7 +20,7 @@ runner = CliRunner()
 
 def test_train_on_labels_without_churners_fails_and_registers_nothing(settings: Settings) -> None:
     # Three users log in every day for 90 days: nobody churns, so no model can be trained.
-    days = [utc(2026, 1, 1) + timedelta(days=d) for d in range(90)]
+    days = [utc(2026, 1, 1) + timedelta(days=d) for d in range(200)]
     events = make_events([(user, day, "login", None) for user in (1, 2, 3) for day in days])
     write_inputs(settings, events, make_users(3, signup=utc(2025, 12, 1)))
     result = runner.invoke(app, ["train"])
@@ -32,7 +32,7 @@ def test_train_on_labels_without_churners_fails_and_registers_nothing(settings: 
 
 def test_train_with_the_closure_label_fails_when_no_account_closes(settings: Settings) -> None:
     # Nobody closes an account, and one user stops logging in: churners by inactivity, none by closure.
-    days = [utc(2026, 1, 1) + timedelta(days=d) for d in range(90)]
+    days = [utc(2026, 1, 1) + timedelta(days=d) for d in range(200)]
     events = make_events(
         [(user, day, "login", None) for user in (1, 2) for day in days] + [(3, days[0], "login", None)]
     )
@@ -71,7 +71,7 @@ def test_rollback_without_a_previous_champion_fails(settings: Settings) -> None:
 
 def test_train_before_the_feature_build_says_to_build(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     # Validated data with churners and non-churners, the repo applied, but no `churn features build` yet.
-    days = [utc(2026, 1, 1) + timedelta(days=d) for d in range(90)]
+    days = [utc(2026, 1, 1) + timedelta(days=d) for d in range(200)]
     events = make_events(
         [(user, day, "login", None) for user in (1, 2) for day in days] + [(3, days[0], "login", None)]
     )
