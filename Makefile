@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Two workers on CI's two cores; each test keeps its own Redis keys, Feast project, database and directories.
+PYTEST_WORKERS ?= 2
 
 .PHONY: help venv demo test test-fast lint system-deps services serve bench feast-ui clean
 
@@ -30,7 +32,7 @@ demo: $(STAMP) ## Run the whole pipeline on the embedded default profile, ending
 	$(BIN)/churn demo
 
 test: $(STAMP) system-deps services ## Install everything and run every test
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Run the tests that need no server and are not slow
 	$(BIN)/pytest -m "not redis and not postgres and not slow and not e2e" $(PYTEST_ARGS)
@@ -39,8 +41,8 @@ lint: $(STAMP) ## Run ruff (lint and format check)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: $(STAMP) system-deps services ## Run the benchmarks (by hand; results go in benchmarks/README.md)
-	$(BIN)/python -m benchmarks.run_all
+bench: $(STAMP) system-deps services ## Run every benchmark at quick sizes (BENCH_ARGS=--full: the README's sizes)
+	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 feast-ui: $(STAMP) ## Feast's web UI over the registry on http://127.0.0.1:8888 (after `make demo`)
 	cd feature_repo && ../$(BIN)/feast ui --host 127.0.0.1 --port 8888

@@ -139,7 +139,8 @@ def _test_metrics(metrics: dict[str, float]) -> dict[str, Any]:
 
 @model_app.command("promote")
 def promote() -> None:
-    """Make the challenger the champion unless it is worse on the challenger's test window."""
+    """Make the challenger the champion if it is non-inferior to the champion on the same recent window (the
+    challenger's test window, each model through its own FeatureService); a refusal is recorded on the version."""
     from training import registry
 
     with _exit_on_error():

@@ -26,7 +26,7 @@ from churn_common.errors import DataError, ModelNotFound
 from churn_common.names import CHAMPION_ALIAS
 from churn_common.settings import Settings
 from jobs.materialize import MaterializationReport, export_metrics, materialize
-from monitoring.metrics import export_monitoring, export_pipeline_success
+from monitoring.metrics import ChampionPerformance, export_monitoring, export_pipeline_success
 from transformations.features import BuildSummary, build_features
 from transformations.validation import ValidationReport, validate
 
@@ -182,7 +182,7 @@ def _monitor(settings: Settings, report: DailyReport) -> None:
         settings.pushgateway_url,
         champion_version=version,
         drift=drift,
-        performance=performance,
+        performance=ChampionPerformance.of(performance, version),
         retrain=decision,
     )
     with _step(report, "report"):

@@ -8,6 +8,7 @@ rules in k8s/monitoring/alerts.yaml read."""
 import calendar
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,48 +22,71 @@ if TYPE_CHECKING:
 MONITORING_JOB = "churn-monitoring"
 PIPELINE_JOB = "churn-pipeline"
 OUTCOMES = ("not retrained", "waiting", "promoted", "refused")
+TRIGGER_KINDS = ("drift", "decay", "schedule", "manual")
 
 
 def _gauge(registry: CollectorRegistry, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
     return Gauge(name, doc, list(labels), registry=registry)
 
 
+@dataclass(frozen=True)
+class ChampionPerformance:
+    """The champion's latest figures of the performance report: what the decay alerts read."""
+
+    estimated_roc_auc: float | None = None
+    matured_roc_auc: float | None = None
+    decayed: bool | None = None
+    """The latest date with a judgement (matured, or a trusted estimate)."""
+    calibration_drifted: bool | None = None
+    """The latest matured date."""
+
+    @classmethod
+    def of(cls, performance: "PerformanceReport", version: str) -> "ChampionPerformance":
+        rows = sorted((row for row in performance.rows if row.model_version == version), key=lambda row: row.day)
+        matured = [row for row in rows if row.matured is not None]
+        decays = [row.decay.decayed for row in rows if row.decay.decayed is not None]
+        calibrations = [row.calibration_drift for row in rows if row.calibration_drift is not None]
+        return cls(
+            estimated_roc_auc=rows[-1].estimated.values["roc_auc"] if rows else None,
+            matured_roc_auc=matured[-1].matured.metrics.values["roc_auc"] if matured else None,
+            decayed=decays[-1] if decays else None,
+            calibration_drifted=calibrations[-1] if calibrations else None,
+        )
+
+
 def _drift_metrics(registry: CollectorRegistry, drift: "DriftReport") -> None:
     psi = _gauge(registry, "churn_drift_psi", "PSI of the feature against the champion's reference", ("feature",))
+    threshold = _gauge(registry, "churn_drift_psi_threshold", "The feature's drift threshold", ("feature",))
     for feature in drift.features:
         psi.labels(feature.name).set(feature.psi)
+        threshold.labels(feature.name).set(feature.threshold)
     _gauge(registry, "churn_drift_features_drifted", "Features whose PSI is over their threshold").set(
         len(drift.drifted)
     )
-    scores = drift.prediction.as_dict()
-    if scores.get("available"):
-        _gauge(registry, "churn_prediction_drift_psi", "PSI of the scores against the training scores").set(
-            scores["psi"]
-        )
+    scores = drift.prediction.drift
+    if scores is not None:
+        _gauge(registry, "churn_prediction_drift_psi", "PSI of the scores against the training scores").set(scores.psi)
+        _gauge(registry, "churn_prediction_drift_psi_threshold", "The scores' drift threshold").set(scores.threshold)
     _gauge(registry, "churn_drift_scoring_date_seconds", "The scoring date the drift figures are of").set(
         calendar.timegm(drift.day.timetuple())
     )
 
 
-def _performance_metrics(registry: CollectorRegistry, performance: "PerformanceReport", version: str) -> None:
-    rows = sorted((row for row in performance.rows if row.model_version == version), key=lambda row: row.day)
+def _performance_metrics(registry: CollectorRegistry, figures: ChampionPerformance) -> None:
     auc = _gauge(registry, "churn_performance_roc_auc", "The champion's ROC-AUC, latest date of each kind", ("kind",))
-    if rows and rows[-1].estimated.values["roc_auc"] is not None:
-        auc.labels("estimated").set(rows[-1].estimated.values["roc_auc"])
-    matured = [row for row in rows if row.matured is not None]
-    if matured and matured[-1].matured.metrics.values["roc_auc"] is not None:
-        auc.labels("matured").set(matured[-1].matured.metrics.values["roc_auc"])
+    for kind, value in (("estimated", figures.estimated_roc_auc), ("matured", figures.matured_roc_auc)):
+        if value is not None:
+            auc.labels(kind).set(value)
     flags = {
-        "churn_performance_decayed": ("The latest judged date shows decay (1) or not (0)", lambda r: r.decay.decayed),
+        "churn_performance_decayed": ("The latest judged date shows decay (1) or not (0)", figures.decayed),
         "churn_performance_calibration_drifted": (
             "The latest matured date's calibration drifted (1) or not (0)",
-            lambda r: r.calibration_drift,
+            figures.calibration_drifted,
         ),
     }
     for name, (doc, flag) in flags.items():
-        judged = [flag(row) for row in rows if flag(row) is not None]
-        if judged:
-            _gauge(registry, name, doc).set(1.0 if judged[-1] else 0.0)
+        if flag is not None:
+            _gauge(registry, name, doc).set(1.0 if flag else 0.0)
 
 
 def _retrain_metrics(registry: CollectorRegistry, decision: "RetrainDecision") -> None:
@@ -70,7 +94,7 @@ def _retrain_metrics(registry: CollectorRegistry, decision: "RetrainDecision") -
     for name in OUTCOMES:
         outcome.labels(name).set(1.0 if decision.outcome == name else 0.0)
     triggers = _gauge(registry, "churn_retrain_triggers", "Triggers the last decision saw, per kind", ("kind",))
-    for kind in ("drift", "decay", "schedule", "manual"):
+    for kind in TRIGGER_KINDS:
         triggers.labels(kind).set(sum(trigger.kind == kind for trigger in decision.triggers))
 
 
@@ -80,7 +104,7 @@ def export_monitoring(
     *,
     champion_version: str,
     drift: "DriftReport | None",
-    performance: "PerformanceReport | None",
+    performance: ChampionPerformance | None,
     retrain: "RetrainDecision | None",
 ) -> CollectorRegistry:
     registry = CollectorRegistry()
@@ -90,7 +114,7 @@ def export_monitoring(
     if drift is not None:
         _drift_metrics(registry, drift)
     if performance is not None:
-        _performance_metrics(registry, performance, champion_version)
+        _performance_metrics(registry, performance)
     if retrain is not None:
         _retrain_metrics(registry, retrain)
     _write(registry, textfile, pushgateway, MONITORING_JOB)

@@ -31,7 +31,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from churn_common.errors import ModelNotFound, ModelRegistryError, TrackingServerUnavailable
 from churn_common.model import ChurnModel
@@ -328,7 +328,13 @@ def _decide(settings: Settings, challenger: ModelVersion, champion: ModelVersion
         + f" at a margin of {settings.promotion_tolerance}"
     )
     verdict = _verdict(promoted, reason, _auc(test, challenger_scores), _auc(test, champion_scores))
-    return decision | verdict | {"roc_auc_difference": paired}
+    # Not part of the rule (ranking is what retention campaigns act on), but recorded: after a change in the churn
+    # process a retrained model may rank no better while its probabilities are far closer to the observed rate.
+    calibration = {
+        "challenger_brier": float(brier_score_loss(test["label"], challenger_scores)),
+        "champion_brier": float(brier_score_loss(test["label"], champion_scores)),
+    }
+    return decision | verdict | calibration | {"roc_auc_difference": paired}
 
 
 def _auc(test: pd.DataFrame, scores: np.ndarray) -> float:
@@ -371,6 +377,7 @@ def load_model(version: ModelVersion) -> ChurnModel:
 def _record(client: MlflowClient, challenger: ModelVersion, decision: dict[str, Any]) -> None:
     keys = ("decision", "reason", "challenger_roc_auc", "champion_roc_auc", "champion_version", "tolerance")
     tags = {key: decision[key] for key in (*keys, "test_positives", "min_positives")}
+    tags |= {key: decision[key] for key in ("challenger_brier", "champion_brier") if key in decision}
     if "roc_auc_difference" in decision:
         tags |= {f"roc_auc_difference.{k}": v for k, v in decision["roc_auc_difference"].items()}
     for key, value in tags.items():

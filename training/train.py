@@ -62,8 +62,9 @@ def train_churn_model(
     training.dataset.get_training_set). ``ground_truth`` (user_id, churn_propensity) only scores the oracle on the
     test rows; it never reaches the model. ``population`` is recorded with the result. The drift references are
     taken from the training rows observed at or after ``reference_from`` (see :func:`reference_rows`)."""
+    all_features = _check_frame(frame)
     split = time_split(frame, horizon_days)
-    feature_names = _with_values(split.train, _check_frame(frame))
+    feature_names = _with_values(split.train, all_features)
     for name, part in (("training", split.train), ("test", split.test)):
         require_both_classes(part, f"the {name} slice")
     reference = reference_rows(split.train, reference_from)

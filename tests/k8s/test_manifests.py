@@ -44,7 +44,7 @@ CONFIG = "churn-config"
 CLUSTER_SCOPED = {"Namespace"}
 WORKLOAD_KINDS = {"Deployment", "Job", "CronJob"}
 # The commands the platform must run somewhere in the cluster (k8s/README.md, "What runs when").
-REQUIRED_COMMANDS = {("serve",), ("features", "apply"), ("pipeline", "daily"), ("train",)}
+REQUIRED_COMMANDS = {("serve",), ("features", "apply"), ("pipeline", "daily"), ("retrain",)}
 PIPELINE = "pipeline-daily"
 # What `churn pipeline daily` chains: another schedule running one of them would bring back the race between a late
 # build and a materialisation that had already run.
@@ -366,7 +366,7 @@ def test_only_the_daily_pipeline_runs_its_steps_on_a_schedule() -> None:
             assert not steps, f"{_ref(path, obj)} runs {steps} on a schedule of its own, racing {PIPELINE}"
 
 
-def test_daily_pipeline_cannot_overlap_is_bounded_and_ends_before_the_retrain() -> None:
+def test_daily_pipeline_cannot_overlap_is_bounded_and_retrains_only_by_its_own_decision() -> None:
     cron = _cronjob(PIPELINE)
     spec, job = cron["spec"], cron["spec"]["jobTemplate"]["spec"]
     assert spec["concurrencyPolicy"] == "Forbid"
@@ -374,9 +374,12 @@ def test_daily_pipeline_cannot_overlap_is_bounded_and_ends_before_the_retrain() 
     # Room for a retry and a caught-up missed day, and still over within the day.
     assert 3 * MEASURED_RUN_SECONDS <= job["activeDeadlineSeconds"] < 86400
     assert spec["startingDeadlineSeconds"] > 0
-    # The latest a run can end (created at the deadline, running to its limit) is before the retrain reads features.
-    latest_end = _start_seconds(spec["schedule"]) + spec["startingDeadlineSeconds"] + job["activeDeadlineSeconds"]
-    assert latest_end <= _start_seconds(_cronjob("retrain")["spec"]["schedule"])
+    # The daily run decides retraining (`churn retrain`'s triggers); the retrain CronJob is a template for a retrain
+    # by hand, suspended so no schedule trains behind the pipeline's back or races its build.
+    retrain = _cronjob("retrain")
+    assert retrain["spec"]["suspend"] is True
+    [trainer] = _pod_template(retrain)["spec"]["containers"]
+    assert trainer["command"] == ["churn", "retrain", "--force"]
     [container] = _pod_template(cron)["spec"]["containers"]
     [data] = [mount for mount in container["volumeMounts"] if mount["mountPath"] == "/data"]
     assert not data.get("readOnly"), "it writes validated tables, features, the build manifest and its metrics"
@@ -419,7 +422,7 @@ def test_readme_recipes_create_jobs_the_cli_accepts() -> None:
         [argv] = _churn_invocations(container)
         runs.append((_resolve(argv, f"k8s/README.md: job from cronjob/{name} with {operations}"), argv))
     commands = {command for command, _ in runs}
-    assert {("pipeline", "daily"), ("materialize",), ("train",)} <= commands
+    assert {("pipeline", "daily"), ("materialize",), ("retrain",)} <= commands
     assert any(command == ("pipeline", "daily") and "--date" in argv for command, argv in runs), "re-running day D"
 
 
@@ -646,10 +649,31 @@ def _pushed_metrics(tmp_path: Path) -> Any:
     return export_metrics(report, tmp_path / "materialize.prom")
 
 
+def _monitoring_metrics(tmp_path: Path) -> list[Any]:
+    """What the daily pipeline's monitoring steps push on a day a feature and the scores drifted, the champion
+    decayed and a retrain was refused; and its closing success metric."""
+    import pandas as pd
+
+    from jobs.retrain import RetrainDecision, Trigger
+    from monitoring.drift import DriftReport, PredictionDrift, compare
+    from monitoring.metrics import ChampionPerformance, export_monitoring, export_pipeline_success
+
+    reference = {"kind": "numeric", "bin_edges": [0, 1, 2], "proportions": [0.5, 0.5], "missing_share": 0.0}
+    drifted = compare("sessions_7d", reference, pd.Series([1.5] * 10), 0.2)
+    day = date(2026, 3, 1)
+    drift = DriftReport(day, "churn", "3", tmp_path, 10, [drifted], [], PredictionDrift(drifted, 10), 0.2)
+    decision = RetrainDecision(datetime(2026, 3, 2, tzinfo=UTC), "3", [Trigger("drift", "sessions_7d")], "refused")
+    performance = ChampionPerformance(0.71, 0.69, True, True)
+    monitoring = export_monitoring(
+        tmp_path / "monitoring.prom", "", champion_version="3", drift=drift, performance=performance, retrain=decision
+    )
+    return [monitoring, export_pipeline_success(tmp_path / "pipeline.prom", "", {"validate": 1.0, "score": 2.0})]
+
+
 def _exported_series(tmp_path: Path) -> dict[str, set[str]]:
     """Sample name -> the label names its samples carry, over the API's registry and what the pipeline pushes."""
     series: dict[str, set[str]] = {}
-    for registry in (_serving_metrics().registry, _pushed_metrics(tmp_path)):
+    for registry in (_serving_metrics().registry, _pushed_metrics(tmp_path), *_monitoring_metrics(tmp_path)):
         for family in registry.collect():
             for sample in family.samples:
                 series.setdefault(sample.name, set()).update(sample.labels)
@@ -722,6 +746,12 @@ def test_alerts_cover_the_agreed_conditions() -> None:
         "ChurnPredictionLogFailing",
         "ChurnFeatureViewsMissing",
         "ChurnFeatureViewsStale",
+        # The monitoring loop's: drift, decay, a missing daily run.
+        "ChurnFeatureDrift",
+        "ChurnPredictionDrift",
+        "ChurnModelDecay",
+        "ChurnCalibrationDrift",
+        "ChurnDailyPipelineMissing",
     } <= names
 
 
@@ -750,7 +780,7 @@ def test_freshness_pages_once_features_are_past_the_views_ttl() -> None:
 def _metric_families(tmp_path: Path) -> dict[str, set[str]]:
     """Each exported metric family -> the names of its samples (``_created`` left out: no query uses it)."""
     families: dict[str, set[str]] = {}
-    for registry in (_serving_metrics().registry, _pushed_metrics(tmp_path)):
+    for registry in (_serving_metrics().registry, _pushed_metrics(tmp_path), *_monitoring_metrics(tmp_path)):
         for family in registry.collect():
             names = {sample.name for sample in family.samples if not sample.name.endswith("_created")}
             families.setdefault(family.name, set()).update(names or {family.name})
@@ -833,6 +863,10 @@ def test_alert_rules_pass_promtool_check(tmp_path: Path) -> None:
 
 
 # As the Pushgateway exposes it: its grouping key (the push's job name) and an empty instance.
+# An empty label is no label: the alerts carry the job only.
+_MONITORING_LABELS = {"job": "churn-monitoring"}
+_MONITORING = 'job="churn-monitoring",instance=""'
+_PIPELINE_SUCCESS = 'churn_pipeline_last_success_timestamp_seconds{job="churn-pipeline",instance="",pipeline="daily"}'
 _PUSHED_SUCCESS = (
     'churn_materialize_last_success_timestamp_seconds{job="churn-materialize",instance="",project="churn"}'
 )
@@ -1133,6 +1167,81 @@ _RULE_TESTS = [
                 "exp_alerts": [
                     {"exp_labels": {"namespace": "churn", "deployment": "churn-api", "severity": "warning"}}
                 ],
+            },
+        ],
+    },
+    {  # a day with one feature over its threshold, another under, the scores drifted, decay, a refused retrain
+        "interval": "1m",
+        "input_series": [
+            {"series": f'churn_drift_psi{{{_MONITORING},feature="sessions_7d"}}', "values": "0.05x10 0.9x50"},
+            {"series": f'churn_drift_psi_threshold{{{_MONITORING},feature="sessions_7d"}}', "values": "0.2x60"},
+            {"series": f'churn_drift_psi{{{_MONITORING},feature="tenure_days"}}', "values": "0.3x60"},
+            {"series": f'churn_drift_psi_threshold{{{_MONITORING},feature="tenure_days"}}', "values": "0.5x60"},
+            {"series": f"churn_prediction_drift_psi{{{_MONITORING}}}", "values": "0.1x10 0.4x50"},
+            {"series": f"churn_prediction_drift_psi_threshold{{{_MONITORING}}}", "values": "0.2x60"},
+            {"series": f"churn_performance_decayed{{{_MONITORING}}}", "values": "0x10 1x50"},
+            {"series": f"churn_performance_calibration_drifted{{{_MONITORING}}}", "values": "0x10 1x50"},
+            {"series": f'churn_retrain_outcome{{{_MONITORING},outcome="refused"}}', "values": "0x10 1x50"},
+            {"series": f'churn_retrain_outcome{{{_MONITORING},outcome="promoted"}}', "values": "0x60"},
+        ],
+        "alert_rule_test": [
+            *(
+                {"eval_time": "9m", "alertname": name, "exp_alerts": []}
+                for name in (
+                    "ChurnFeatureDrift",
+                    "ChurnPredictionDrift",
+                    "ChurnModelDecay",
+                    "ChurnCalibrationDrift",
+                    "ChurnRetrainRefused",
+                )
+            ),
+            {
+                "eval_time": "30m",
+                "alertname": "ChurnFeatureDrift",
+                "exp_alerts": [{"exp_labels": {**_MONITORING_LABELS, "feature": "sessions_7d", "severity": "warning"}}],
+            },
+            {
+                "eval_time": "30m",
+                "alertname": "ChurnPredictionDrift",
+                "exp_alerts": [{"exp_labels": {**_MONITORING_LABELS, "severity": "warning"}}],
+            },
+            {
+                "eval_time": "30m",
+                "alertname": "ChurnModelDecay",
+                "exp_alerts": [{"exp_labels": {"severity": "critical"}}],
+            },
+            {
+                "eval_time": "30m",
+                "alertname": "ChurnCalibrationDrift",
+                "exp_alerts": [{"exp_labels": {"severity": "warning"}}],
+            },
+            {
+                "eval_time": "30m",
+                "alertname": "ChurnRetrainRefused",
+                "exp_alerts": [{"exp_labels": {"severity": "warning"}}],
+            },
+        ],
+    },
+    {  # the daily pipeline completes at 01:00 on day one, then every step after the build fails for two days
+        "interval": "1m",
+        "input_series": [{"series": _PIPELINE_SUCCESS, "values": "3600x1800"}],
+        "alert_rule_test": [
+            {"eval_time": "26h", "alertname": "ChurnDailyPipelineMissing", "exp_alerts": []},
+            {
+                "eval_time": "28h",
+                "alertname": "ChurnDailyPipelineMissing",
+                "exp_alerts": [{"exp_labels": {"severity": "critical"}}],
+            },
+        ],
+    },
+    {  # never reported at all
+        "interval": "1m",
+        "input_series": [{"series": "up", "values": "1x40"}],
+        "alert_rule_test": [
+            {
+                "eval_time": "30m",
+                "alertname": "ChurnDailyPipelineMissing",
+                "exp_alerts": [{"exp_labels": {"pipeline": "daily", "severity": "critical"}}],
             },
         ],
     },
