@@ -182,6 +182,7 @@ def daily(data_dir: Path, project: str, days: int) -> None:
                 "rows": report.build["rows"],
                 "mode": report.materialization["mode"],
                 "users_written": report.materialization["users_written"],
+                "phases": report.seconds,
             }
         )
     )
@@ -202,6 +203,10 @@ def _delete_keys(project: str) -> None:
         client.delete(*keys[start : start + 10_000])
 
 
+def _phases(measured: dict) -> str:
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in measured["phases"].items())
+
+
 @app.command("run")
 def run(
     users: Annotated[int, typer.Option(help="Users.")] = 1_000_000,
@@ -220,12 +225,12 @@ def run(
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
         _delete_keys(project)
-    phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in rebuilt["phases"].items())
     print(
         f"{users:,} users x {days} days, {events:,} events (generated in {generated:.0f} s)\n"
-        f"  full rebuild:    {rebuilt['seconds']:.1f} s ({phases}), peak RSS {rebuilt['rss_mib']:.0f} MiB, "
+        f"  full rebuild:    {rebuilt['seconds']:.1f} s ({_phases(rebuilt)}), peak RSS {rebuilt['rss_mib']:.0f} MiB, "
         f"{rebuilt['rows']:,} snapshot rows, {rebuilt['users_written']:,} users online\n"
-        f"  daily increment: {increment['seconds']:.1f} s, peak RSS {increment['rss_mib']:.0f} MiB, "
+        f"  daily increment: {increment['seconds']:.1f} s ({_phases(increment)}), "
+        f"peak RSS {increment['rss_mib']:.0f} MiB, "
         f"{increment['rows']:,} snapshot rows, materialisation {increment['mode']} "
         f"({increment['users_written']:,} users)\n"
         f"  increment / full rebuild: {increment['seconds'] / rebuilt['seconds']:.1%}; "

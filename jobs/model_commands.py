@@ -73,7 +73,7 @@ def run_training(settings: Settings, feature_service: str, promote: bool) -> dic
     from training.train import require_both_classes, train_churn_model
 
     # Fail before hours of work when the tracking server is down or the labels cannot train a model.
-    client = registry.connect(settings)
+    registry.connect(settings)
     label = LabelSpec.of(settings).kind
     labels = build_labels(settings)
     require_both_classes(labels, f"the {label} labels")
@@ -95,8 +95,6 @@ def run_training(settings: Settings, feature_service: str, promote: bool) -> dic
         reference_from=labels["event_timestamp"].min() + pd.Timedelta(days=longest),
     )
     version = registry.log_and_register(settings, result, feature_service)
-    # Monitoring must label the model's predictions the way it was trained; the run is ended, params stay writable.
-    client.log_param(version.run_id, "label", label)
     logger.info("run %s: %s", version.run_id, registry.run_name(result, feature_service))
     summary = {
         "run_id": version.run_id,

@@ -12,10 +12,9 @@ from mlflow.exceptions import MlflowException
 
 from churn_common.champion import all_versions, registry_client, version_by_alias, version_by_number
 from churn_common.errors import TrackingServerUnavailable
-from churn_common.names import FEATURE_SERVICE_TAG
+from churn_common.names import FEATURE_SERVICE_TAG, REGISTERED_MODEL
 from churn_common.settings import Settings
-
-MODEL_CARD = "model_card.md"
+from training.model_card import MODEL_CARD_ARTIFACT as MODEL_CARD
 
 
 def _created(version: ModelVersion) -> str:
@@ -29,15 +28,29 @@ def _run(client: MlflowClient, version: ModelVersion):
         raise TrackingServerUnavailable(f"MLflow failed reading run {version.run_id}: {exc.message}") from exc
 
 
+def _aliases(client: MlflowClient) -> dict[str, list[str]]:
+    """Version -> its aliases. MLflow's version search leaves ``aliases`` empty; the registered model has them."""
+    try:
+        model = client.get_registered_model(REGISTERED_MODEL)
+    except MlflowException as exc:
+        raise TrackingServerUnavailable(f"MLflow failed reading {REGISTERED_MODEL!r}: {exc.message}") from exc
+    held: dict[str, list[str]] = {}
+    for alias, version in model.aliases.items():
+        held.setdefault(str(version), []).append(alias)
+    return held
+
+
 def version_rows(settings: Settings) -> list[dict[str, Any]]:
     client = registry_client(settings.tracking_uri)
+    versions = all_versions(client)
+    held = _aliases(client) if versions else {}
     rows = []
-    for version in all_versions(client):
+    for version in versions:
         run = _run(client, version)
         rows.append(
             {
                 "version": version.version,
-                "aliases": ",".join(sorted(version.aliases)) or "-",
+                "aliases": ",".join(sorted(held.get(str(version.version), []))) or "-",
                 "feature_service": version.tags.get(FEATURE_SERVICE_TAG, "-"),
                 "label": run.data.params.get("label", "-"),
                 "test_roc_auc": version.tags.get("test_roc_auc", "-"),

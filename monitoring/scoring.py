@@ -24,6 +24,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from feast import FeatureService, FeatureStore
 
@@ -42,6 +43,7 @@ from churn_common.store import feature_store, get_feature_service
 logger = logging.getLogger(__name__)
 
 SCORE_CHUNK = 20_000
+SCORING_BATCH_USERS = 100_000
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,9 @@ def _log_table(frame: pd.DataFrame, probabilities, reasons, bands, as_of, identi
 
 
 def _high_risk(log: pa.Table, descriptions: dict[str, str], typical: dict) -> pd.DataFrame:
-    ranked = log.to_pandas()
-    ranked = ranked[ranked["risk_band"] == "high"].sort_values(["churn_probability", JOIN_KEY], ascending=[False, True])
+    # Filtered in Arrow first: the whole log as pandas (a million reason strings) would double the run's peak.
+    ranked = log.filter(pc.equal(log["risk_band"], "high")).to_pandas()
+    ranked = ranked.sort_values(["churn_probability", JOIN_KEY], ascending=[False, True])
     ranked["why"] = [plain_reasons(json.loads(text), descriptions, typical) for text in ranked["reasons"]]
     ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
     return ranked[["rank", JOIN_KEY, "churn_probability", "why", "features_as_of", "model_version"]]
@@ -135,44 +138,71 @@ def _champion(settings: Settings) -> tuple[_Champion, FeatureStore, FeatureServi
     return _Champion(load_version(client, version), identity), store, service
 
 
-def _offline_frame(settings: Settings, store: FeatureStore, service: FeatureService, at: datetime) -> pd.DataFrame:
-    """Every candidate's vector at T as training reads it (created-timestamp filter on), in user order."""
-    entities = _candidates(settings, at)
+def _offline_frame(
+    settings: Settings, store: FeatureStore, service: FeatureService, entities: pd.DataFrame
+) -> pd.DataFrame:
+    """The candidates' vectors at T as training reads them (created-timestamp filter on), in user order."""
     joined = store.get_historical_features(entities, features=service, filter_by_created_timestamp=True).to_df()
     joined = joined.sort_values(JOIN_KEY, ignore_index=True)
     return pd.concat([joined[[JOIN_KEY, TIMESTAMP_FIELD]], normalize(joined, service_schema(service))], axis=1)
 
 
-def score_batch(settings: Settings, at: datetime | None = None) -> ScoringReport:
-    """Score every in-population user at ``at`` (default: the settings clock) and write the date's outputs."""
-    at = (at or settings.clock()).astimezone(UTC)
-    champion, store, service = _champion(settings)
-    rule = PopulationRule(settings.active_window_days)
-    rule.require(service_schema(service).features)
-    frame = _offline_frame(settings, store, service, at)
-    statuses = rule.statuses(frame)
+@dataclass
+class _Scored:
+    """What the batches of one scoring run add up to, kept as Arrow (a fraction of the pandas frames' memory)."""
+
+    logs: list[pa.Table]
+    features: list[pa.Table]
+    statuses: dict[str, int]
+
+
+def _score_users(
+    settings: Settings, at: datetime, champion: _Champion, store: FeatureStore, service: FeatureService, entities
+) -> tuple[pa.Table, pa.Table, np.ndarray]:
+    """One batch of candidates at T: join, population rule, predict + explain; its log rows and scored features."""
+    frame = _offline_frame(settings, store, service, entities)
+    statuses = PopulationRule(settings.active_window_days).statuses(frame)
     scored = frame[statuses == Status.SCORED].reset_index(drop=True)
     probabilities, reasons = _score(champion.model, scored)
     bands = [champion.model.risk_band(float(p)) for p in probabilities]
     as_of = _features_as_of(settings, scored, at, _max_ttl(store, service))
     log = _log_table(scored, probabilities, reasons, bands, as_of, champion.identity)
-    written = _write_outputs(settings, at, champion.model, scored, log)
-    counts = {str(status): int((statuses == status).sum()) for status in Status}
-    logger.info("scored %d of %d users at %s with model %s", len(scored), len(frame), at, champion.identity)
-    return ScoringReport(at, champion.identity["model_version"], service.name, counts, len(scored), *written)
+    matrix = pa.Table.from_pandas(scored[[JOIN_KEY, *champion.model.feature_names]], preserve_index=False)
+    return log, matrix, statuses
+
+
+def score_batch(settings: Settings, at: datetime | None = None) -> ScoringReport:
+    """Score every in-population user at ``at`` (default: the settings clock) and write the date's outputs.
+    Candidates go through in batches of ``SCORING_BATCH_USERS``: a million users' joined frame, its normalised copy
+    and the explanation at once need over 6 GiB; batched, the peak stays near one batch's."""
+    at = (at or settings.clock()).astimezone(UTC)
+    champion, store, service = _champion(settings)
+    PopulationRule(settings.active_window_days).require(service_schema(service).features)
+    candidates = _candidates(settings, at)
+    run = _Scored([], [], dict.fromkeys(map(str, Status), 0))
+    for start in range(0, max(len(candidates), 1), SCORING_BATCH_USERS):
+        batch = candidates.iloc[start : start + SCORING_BATCH_USERS]
+        log, matrix, statuses = _score_users(settings, at, champion, store, service, batch)
+        run.logs.append(log)
+        run.features.append(matrix)
+        for status in Status:
+            run.statuses[str(status)] += int((statuses == status).sum())
+    # A batch where an optional attribute has no value holds it as Arrow's null type: promoted to the others'.
+    log, matrix = pa.concat_tables(run.logs), pa.concat_tables(run.features, promote_options="permissive")
+    written = _write_outputs(settings, at, champion.model, matrix, log)
+    logger.info("scored %d of %d users at %s with model %s", len(log), len(candidates), at, champion.identity)
+    return ScoringReport(at, champion.identity["model_version"], service.name, run.statuses, len(log), *written)
 
 
 def _write_outputs(
-    settings: Settings, at: datetime, model: ChurnModel, scored: pd.DataFrame, log: pa.Table
+    settings: Settings, at: datetime, model: ChurnModel, matrix: pa.Table, log: pa.Table
 ) -> tuple[int, Path, Path, Path]:
     """The log, the scored features and the high-risk list of T's date: (high-risk users, their three paths)."""
     day, paths = at.date().isoformat(), settings.paths
     log_target = log_file(settings.prediction_log_root, day, "batch")
     features_target = scoring_features_file(paths, day)
     _write_atomically(log, log_target)
-    _write_atomically(
-        pa.Table.from_pandas(scored[[JOIN_KEY, *model.feature_names]], preserve_index=False), features_target
-    )
+    _write_atomically(matrix, features_target)
     high_risk = _high_risk(log, feature_descriptions(settings.event_catalog()), model.reference_values)
     high_risk_target = paths.high_risk_list(day)
     _write_csv(high_risk, high_risk_target)

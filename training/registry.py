@@ -34,6 +34,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from churn_common.errors import ModelNotFound, ModelRegistryError, TrackingServerUnavailable
+from churn_common.labels import LabelSpec
 from churn_common.model import ChurnModel
 from churn_common.names import (
     CHALLENGER_ALIAS,
@@ -47,6 +48,7 @@ from churn_common.settings import PROJECT_ROOT, Settings
 from churn_common.store import feature_store
 from training.dataset import get_training_frame
 from training.evaluate import paired_roc_auc_difference, save_plots
+from training.model_card import MODEL_CARD_ARTIFACT, model_card
 from training.train import KEY_COLUMNS, TrainingResult
 
 logger = logging.getLogger(__name__)
@@ -110,6 +112,9 @@ def log_and_register(settings: Settings, result: TrainingResult, feature_service
             tags=tags,
         ):
             _log_run(result)
+            label = LabelSpec.of(settings)
+            mlflow.log_params({"label": label.kind, "label_horizon_days": label.horizon_days})
+            mlflow.log_text(model_card(settings, result, feature_service), MODEL_CARD_ARTIFACT)
             model_uri = _log_model(result.model, result.split.test).model_uri
         version = _register(client, model_uri, tags | _version_tags(result))
     logger.info("registered %s version %s as %s", REGISTERED_MODEL, version.version, CHALLENGER_ALIAS)
@@ -125,7 +130,7 @@ def describe(settings: Settings, result: TrainingResult, feature_service: str) -
     split, metrics = result.split, result.metrics
     lines = [
         f"{result.family} {result.params} on {feature_service} (catalogue {settings.catalog}).",
-        f"Label: {settings.event_catalog().label} within {settings.label_horizon_days} days of each observation "
+        f"Label: {LabelSpec.of(settings).kind} within {settings.label_horizon_days} days of each observation "
         f"time (every {settings.observation_cadence_days} days).",
         f"Training: {len(split.train)} rows at {split.train['event_timestamp'].nunique()} observation times "
         f"{observation_window(split.train)}, {len(split.folds)} purged CV folds (CV ROC-AUC "

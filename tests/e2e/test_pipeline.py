@@ -18,6 +18,7 @@ from churn_common.population import PopulationRule, Status
 from churn_common.store import apply_repo, feature_store
 from jobs.materialize import materialize
 from jobs.model_commands import run_training
+from monitoring import scoring
 from monitoring.scoring import score_batch
 from products import GeneratorConfig
 from products.elearning import CATALOG as ELEARNING
@@ -116,3 +117,10 @@ def _batch_scores_equal_the_api(settings, at: datetime, bodies: list[dict]) -> N
     assert high_risk["churn_probability"].is_monotonic_decreasing and high_risk["why"].str.contains("last").any()
     again = score_batch(settings, at)  # idempotent per date
     assert again.log == report.log and pd.read_parquet(again.log).equals(pd.read_parquet(report.log))
+    # In batches of 120 users (as a million users go through in batches), the same rows, features and counts.
+    features = pd.read_parquet(report.features)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scoring, "SCORING_BATCH_USERS", 120)
+        batched = score_batch(settings, at)
+    assert pd.read_parquet(batched.log).equals(log.reset_index()[pd.read_parquet(batched.log).columns])
+    assert pd.read_parquet(batched.features).equals(features) and batched.statuses == report.statuses

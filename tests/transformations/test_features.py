@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from churn_common.catalog import EventCatalog, EventType, Ratio
-from churn_common.errors import SchemaError
+from churn_common.errors import DataError, SchemaError
 from churn_common.names import ACCOUNT_TABLE, SNAPSHOT_TABLE
 from churn_common.settings import Settings
 from jobs import feature_commands
@@ -485,3 +485,11 @@ def test_cli_build_reports_what_the_snapshots_hold(small_world: Settings) -> Non
     # is of Jan 2, before the days rebuilt.
     assert "25 snapshot rows written (0 later versions)" in result.output
     assert "3 users, 59 columns, days 2026-01-01 .. 2026-01-20" in result.output
+
+
+def test_a_catalogue_that_declares_none_of_the_datas_events_fails_loudly(settings: Settings) -> None:
+    # E-learning events built with the music catalogue: every feature would be 0. The build refuses, writes nothing.
+    write_validated(settings.paths, make_users(2), make_events([(1, utc(2026, 1, 1, 9), "login", None)]))
+    with pytest.raises(DataError, match="none of the 1 validated events .* is of a type the catalogue declares"):
+        build_features(settings, catalog=MUSIC)
+    assert not settings.paths.snapshots.exists() or not any(settings.paths.snapshots.rglob("*.parquet"))
