@@ -82,7 +82,8 @@ def _churn(monkeypatch: pytest.MonkeyPatch, clock: datetime, *args: str) -> dict
     monkeypatch.setenv("CHURN_NOW", clock.isoformat())
     result = runner.invoke(app, list(args))
     assert result.exit_code == 0, f"churn {' '.join(args)}: {result.output}"
-    return json.loads(result.stdout[result.stdout.index("{") :])
+    # The JSON, without the log lines before it or a model card after it.
+    return json.JSONDecoder().raw_decode(result.stdout[result.stdout.index("{") :])[0]
 
 
 def _daily(world: Settings, monkeypatch: pytest.MonkeyPatch, offset: int) -> dict:

@@ -30,9 +30,10 @@ def trained() -> TrainingResult:
     return train_churn_model(frame, HORIZON_DAYS, truth)
 
 
-def register_champion(data_dir: Path, result: TrainingResult) -> Settings:
-    """Log, register and promote ``result`` in the MLflow under ``data_dir``; settings whose tracking URI is it."""
-    owner = Settings(data_dir=data_dir)
+def register_champion(data_dir: Path, result: TrainingResult, label: str | None = None) -> Settings:
+    """Log, register and promote ``result`` (as trained with ``label``, default the catalogue's) in the MLflow under
+    ``data_dir``; settings whose tracking URI is it."""
+    owner = Settings(data_dir=data_dir, label=label)
     registry.log_and_register(owner, result, FEATURE_SERVICE)
     assert registry.promote(owner)["promoted"]
     return owner

@@ -12,7 +12,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from mlflow import MlflowClient
 from scipy.stats import chi2
 from sklearn.metrics import average_precision_score, roc_auc_score
 from typer.testing import CliRunner
@@ -230,7 +229,7 @@ def test_matured_only_after_the_horizon(world: Settings) -> None:
     assert row.matured.metrics.values["roc_auc"] == pytest.approx(roc_auc_score(y, p))
     assert row.matured.metrics.values["pr_auc"] == pytest.approx(average_precision_score(y, p))
     assert row.matured.metrics.values["positive_rate"] == pytest.approx(y.mean())
-    assert row.label == "inactivity" and row.label_source == "settings"
+    assert row.label == "inactivity" and row.label_source == "run"  # the registry logs the label with the version
     entry = json.loads(performance_report_file(world.paths, D1).read_text())["rows"][0]
     assert entry["matured"] is True and entry["labels"]["labelled"] == 400 and entry["labels"]["unlabelled"] == 0
     # Calibrated by construction: every gap within its tolerance, and no calibration drift.
@@ -350,9 +349,7 @@ def test_dates_after_the_clock_are_left_out(world: Settings) -> None:
 def test_the_label_the_version_was_trained_with(settings: Settings, trained: TrainingResult) -> None:
     """The run says closure: users 1-5 close in the horizon and nobody is active, so inactivity would call all ten
     churners; closure calls five."""
-    register_champion(settings.data_dir, trained)
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-    client.log_param(client.get_model_version("churn", "1").run_id, "label", "closure")
+    register_champion(settings.data_dir, trained, label="closure")
     closed = [at(D1, 10)] * 5 + [None] * 5
     write_world(settings, [(1, at(D1, 40), "login", None)], 10, closed_at=closed)
     write_log(settings, D1, range(1, 11), np.linspace(0.1, 0.6, 10))
