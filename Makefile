@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Two workers on CI's two cores; each test keeps its own Redis keys, Feast project, database and directories.
 PYTEST_WORKERS ?= 2
 
-.PHONY: help venv demo test test-fast lint system-deps services serve bench feast-ui clean
+.PHONY: help venv demo test test-fast lint system-deps services serve bench feast-ui notebooks clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ lint: $(STAMP) ## Run ruff (lint and format check)
 
 bench: $(STAMP) system-deps services ## Run every benchmark at quick sizes (BENCH_ARGS=--full: the README's sizes)
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
+
+notebooks: $(STAMP) ## JupyterLab on http://127.0.0.1:8889 over notebooks/ (after `make demo`; installs it once)
+	$(BIN)/pip install --quiet 'jupyterlab==4.6.6'
+	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --port 8889 notebooks/
 
 feast-ui: $(STAMP) ## Feast's web UI over the registry on http://127.0.0.1:8888 (after `make demo`)
 	cd feature_repo && ../$(BIN)/feast ui --host 127.0.0.1 --port 8888

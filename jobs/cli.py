@@ -1,5 +1,6 @@
 """The ``churn`` command. Each stage's commands live in their own module and are mounted here."""
 
+import os
 from typing import Annotated
 
 import typer
@@ -37,6 +38,8 @@ def configure(
     log_level: Annotated[str, typer.Option(help="Logging level for this run.")] = "",
 ) -> None:
     configure_logging(log_level or Settings().log_level)
+    # MLflow draws a progress bar on stderr for every artifact it downloads (each model load): noise in a job's log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def main() -> None:

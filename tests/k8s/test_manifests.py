@@ -821,6 +821,28 @@ def test_runbook_says_for_each_alert_what_it_means_how_to_confirm_it_and_what_to
     assert not stale, f"docs/runbook.md describes alerts that no longer exist: {sorted(stale)}"
 
 
+def test_an_operators_signals_are_on_panels_not_only_in_alerts() -> None:
+    """An alert fires on a threshold; the panel shows the trend before and after it. These must be on a panel."""
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    panels = " ".join(target["expr"] for panel in dashboard["panels"] for target in panel["targets"])
+    for metric in (
+        "churn_stale_feature_views_total",
+        "churn_missing_feature_views_total",
+        "churn_online_read_duration_seconds_bucket",
+        "churn_http_requests_total",
+        "churn_drift_psi",
+        "churn_performance_roc_auc",
+        "churn_retrain_outcome",
+        "churn_pipeline_last_success_timestamp_seconds",
+    ):
+        assert metric in panels, f"{metric} is on no dashboard panel"
+
+
+def test_the_runbook_explains_why_readiness_ignores_freshness() -> None:
+    section = _runbook_sections()["Feature freshness: why readiness ignores it, and what pages instead"]
+    assert "ChurnFeaturesStale" in section and "/ready" in section and "503" in section
+
+
 def test_dashboard_is_valid_and_has_the_agreed_panels() -> None:
     dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
     panels = dashboard["panels"]

@@ -16,12 +16,18 @@ from tests.conftest import ARTIFACTS
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
-EXPECTED = {"01_explore_features.ipynb", "02_model_report.ipynb", "03_point_in_time_vs_naive_join.ipynb"}
+EXPECTED = {
+    "01_explore_features.ipynb",
+    "02_model_report.ipynb",
+    "03_point_in_time_vs_naive_join.ipynb",
+    "04_monitoring.ipynb",
+}
 NOTEBOOK_IMPORTS = {
     "churn_common",
     "transformations",
     "training",
     "serving",
+    "monitoring",
     "pandas",
     "duckdb",
     "matplotlib",

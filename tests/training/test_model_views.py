@@ -38,5 +38,9 @@ def test_list_and_show_read_back_the_versions_and_their_card(settings: Settings,
     assert f"{test['event_timestamp'].min():%Y-%m-%d} .. {test['event_timestamp'].max():%Y-%m-%d}" in card
     assert f"ROC-AUC {metrics['roc_auc']:.3f} (95 % CI {metrics['roc_auc_ci_low']:.3f} .. " in card
     assert "`inactivity`: no activity event" in card and "within" not in card.split("## Label")[0]
+    train = trained.split.train["event_timestamp"]
+    assert f"Training rows: {train.min():%Y-%m-%d} .. {train.max():%Y-%m-%d}" in card
+    counts = ", ".join(f"{status.value} {count}" for status, count in trained.population.counts.items())
+    assert f"Candidate rows by status: {counts};" in card
     assert "## Limits" in card and "| time |" in card
     assert trained.fingerprint["sha256"] in card
