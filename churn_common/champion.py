@@ -1,15 +1,19 @@
 """Finding and loading a registered model version: what serving, batch scoring and monitoring share (training keeps
 the registry's write side). MLflow's errors become ours here."""
 
+from pathlib import Path
+
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from pydantic import SecretStr
 
 from churn_common.errors import ConfigurationError, ModelNotFound, TrackingServerUnavailable
 from churn_common.model import ChurnModel
 from churn_common.names import FEATURE_SERVICE_TAG, REGISTERED_MODEL
+from churn_common.signing import verify
 
 _NOT_FOUND_CODES = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 
@@ -53,13 +57,27 @@ def feature_service_of(version: ModelVersion) -> str:
     return service
 
 
-def load_version(client: MlflowClient, version: ModelVersion) -> ChurnModel:
-    """The version's ChurnModel, through ``client``'s URIs (the process-wide MLflow defaults may point elsewhere)."""
+def download_version(client: MlflowClient, version: ModelVersion) -> Path:
+    """The version's model artifacts in a local directory (MLflow's download cache)."""
     uri = f"models:/{version.name}/{version.version}"
     try:
         source = client.get_model_version_download_uri(version.name, version.version)
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=client.tracking_uri)
-        model = mlflow.pyfunc.load_model(local).unwrap_python_model()
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=client.tracking_uri))
+    except MlflowException as exc:
+        raise ModelNotFound(f"cannot download {uri}: {exc.message}") from exc
+    except OSError as exc:
+        raise ModelNotFound(f"cannot read the artifacts of {uri}: {exc}") from exc
+
+
+def load_version(client: MlflowClient, version: ModelVersion, signing_key: SecretStr | None = None) -> ChurnModel:
+    """The version's ChurnModel, through ``client``'s URIs (the process-wide MLflow defaults may point elsewhere).
+    With ``signing_key``, the downloaded files are verified against the version's signature before they are
+    unpickled (churn_common.signing)."""
+    uri = f"models:/{version.name}/{version.version}"
+    local = download_version(client, version)
+    verify(version, local, signing_key)
+    try:
+        model = mlflow.pyfunc.load_model(str(local)).unwrap_python_model()
     except MlflowException as exc:
         raise ModelNotFound(f"cannot load {uri}: {exc.message}") from exc
     except OSError as exc:

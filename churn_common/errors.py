@@ -67,3 +67,7 @@ class ModelNotFound(ModelRegistryError):
 
 class TrackingServerUnavailable(ModelRegistryError):
     pass
+
+
+class ModelSignatureInvalid(ModelRegistryError):
+    """A version's artifacts do not verify against its signature: loading them would run code nobody signed."""

@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         description="Named tokens for /predict*: JSON {id: token}, or the path of a file holding it (a mounted "
         "Secret); each request is audited with its token's id. Combines with api_token",
     )
+    model_signing_key: SecretStr | None = Field(
+        None,
+        description="HMAC key (a Secret) of the model signatures: set, training signs every version's artifact digest "
+        "and serving, batch scoring and the promotion gate refuse a version whose artifacts do not verify, before "
+        "unpickling them. Unset: versions are neither signed nor verified",
+    )
     erasure_key: SecretStr | None = Field(
         None, description="Key of the erasure register's hashes; unset: one generated once under data_dir/privacy"
     )

@@ -135,7 +135,7 @@ def _champion(settings: Settings) -> tuple[_Champion, FeatureStore, FeatureServi
     store = feature_store(settings)
     service = get_feature_service(store, feature_service_of(version))
     identity = {"model_name": version.name, "model_version": str(version.version), "feature_service": service.name}
-    return _Champion(load_version(client, version), identity), store, service
+    return _Champion(load_version(client, version, settings.model_signing_key), identity), store, service
 
 
 def _offline_frame(

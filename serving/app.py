@@ -48,7 +48,15 @@ def _build_state(settings: Settings, metrics: ServingMetrics, score_cache_size: 
         return make_reader(store, service, pipe, timeout_s)
 
     rule = PopulationRule(settings.active_window_days)
-    loader = ChampionLoader(settings.tracking_uri, store, reader_factory, rule, score_cache_size, redact=redact)
+    loader = ChampionLoader(
+        settings.tracking_uri,
+        store,
+        reader_factory,
+        rule,
+        score_cache_size,
+        redact=redact,
+        signing_key=settings.model_signing_key,
+    )
     slots = asyncio.Semaphore(settings.max_concurrency)
     log = PredictionLog(settings.prediction_log_root, settings.prediction_log_share, metrics)
     loop = asyncio.get_running_loop()

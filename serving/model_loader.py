@@ -15,6 +15,7 @@ from typing import Any
 import anyio.to_thread
 from feast import FeatureService, FeatureStore
 from mlflow.entities.model_registry import ModelVersion
+from pydantic import SecretStr
 
 from churn_common.champion import feature_service_of, load_version, registry_client, version_by_alias
 from churn_common.compiled import tuple_getter
@@ -106,7 +107,8 @@ ReaderFactory = Callable[[FeatureStore, FeatureService], FeatureReader]
 
 class ChampionLoader:
     """Resolves ``models:/<name>@champion`` and builds a Champion from it (blocking; run in a thread); a version
-    whose FeatureService lacks what ``rule`` reads does not load. ``redact`` cleans what a failure says (MLflow
+    whose FeatureService lacks what ``rule`` reads does not load, nor, with ``signing_key``, one whose artifacts do not
+    verify against its signature (checked before unpickling). ``redact`` cleans what a failure says (MLflow
     quotes the tracking URI, credentials included) before it is logged or shown by /ready and /predict."""
 
     def __init__(
@@ -118,9 +120,11 @@ class ChampionLoader:
         score_cache_size: int = SCORE_CACHE_SIZE,
         *,
         redact: Callable[[str], str] | None = None,
+        signing_key: SecretStr | None = None,
     ) -> None:
         self.redact = redact or Redactor([password] if (password := uri_password(tracking_uri)) else [])
         self._client = registry_client(tracking_uri)
+        self._signing_key = signing_key
         self._score_cache_size = score_cache_size
         self._store = store
         self._make_reader = make_reader
@@ -131,7 +135,7 @@ class ChampionLoader:
 
     def load(self, version: ModelVersion) -> Champion:
         service_name = feature_service_of(version)
-        model = load_version(self._client, version)
+        model = load_version(self._client, version, self._signing_key)
         self._store.refresh_registry()
         service = get_feature_service(self._store, service_name)
         schema = service_schema(service)

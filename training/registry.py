@@ -33,6 +33,7 @@ from mlflow.models import infer_signature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
+from churn_common.champion import download_version, load_version, registry_client
 from churn_common.errors import ModelNotFound, ModelRegistryError, TrackingServerUnavailable
 from churn_common.labels import LabelSpec
 from churn_common.model import ChurnModel
@@ -45,6 +46,7 @@ from churn_common.names import (
     TIMESTAMP_FIELD,
 )
 from churn_common.settings import PROJECT_ROOT, Settings
+from churn_common.signing import sign_version
 from churn_common.store import feature_store
 from training.dataset import get_training_frame
 from training.evaluate import paired_roc_auc_difference, save_plots
@@ -117,6 +119,9 @@ def log_and_register(settings: Settings, result: TrainingResult, feature_service
             mlflow.log_text(model_card(settings, result, feature_service), MODEL_CARD_ARTIFACT)
             model_uri = _log_model(result.model, result.split.test).model_uri
         version = _register(client, model_uri, tags | _version_tags(result))
+        if settings.model_signing_key is not None:
+            digest = sign_version(client, version, download_version(client, version), settings.model_signing_key)
+            logger.info("signed version %s (artifact digest %s)", version.version, digest[:12])
     logger.info("registered %s version %s as %s", REGISTERED_MODEL, version.version, CHALLENGER_ALIAS)
     return version
 
@@ -320,7 +325,7 @@ def _decide(settings: Settings, challenger: ModelVersion, champion: ModelVersion
             f"promotion_min_positives={settings.promotion_min_positives}: too few to tell models apart"
         )
         return decision | _verdict(False, reason, None, None)
-    challenger_scores = load_model(challenger).predict_proba(test)
+    challenger_scores = load_model(challenger, settings).predict_proba(test)
     if champion is None:
         return decision | _verdict(True, "no champion yet", _auc(test, challenger_scores), None)
     champion_scores = _scores_on(settings, champion, challenger.tags.get(FEATURE_SERVICE_TAG), test)
@@ -349,7 +354,7 @@ def _auc(test: pd.DataFrame, scores: np.ndarray) -> float:
 def _scores_on(settings: Settings, version: ModelVersion, test_service: str | None, test: pd.DataFrame) -> np.ndarray:
     """The version's probabilities for the test rows, from its own FeatureService's point-in-time features (the test
     set's own columns when it was trained on the same service)."""
-    model = load_model(version)
+    model = load_model(version, settings)
     service = version.tags.get(FEATURE_SERVICE_TAG)
     if service == test_service and set(model.feature_names) <= set(test.columns):
         return model.predict_proba(test)
@@ -375,8 +380,12 @@ def _test_set(version: ModelVersion) -> pd.DataFrame:
         return pd.read_parquet(path)
 
 
-def load_model(version: ModelVersion) -> ChurnModel:
-    return mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}").unwrap_python_model()
+def load_model(version: ModelVersion, settings: Settings | None = None) -> ChurnModel:
+    """The version's model; through ``settings``' tracking server and signing key when given (verified before it
+    is unpickled), else through the process-wide MLflow URIs."""
+    if settings is None:
+        return mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}").unwrap_python_model()
+    return load_version(registry_client(settings.tracking_uri), version, settings.model_signing_key)
 
 
 def _record(client: MlflowClient, challenger: ModelVersion, decision: dict[str, Any]) -> None:
@@ -428,4 +437,5 @@ def _optional_version(client: MlflowClient, alias: str) -> ModelVersion | None:
     except MlflowException as exc:
         if exc.error_code in _NOT_FOUND:
             return None
-        raise
+        # Unreachable, refused (a server behind basic auth without credentials), or failing: ours from here on.
+        raise TrackingServerUnavailable(f"MLflow failed reading alias {alias!r}: {exc.message}") from exc

@@ -525,7 +525,13 @@ def test_secrets_hold_only_placeholders() -> None:
         values = secret["stringData"]
         assert values and set(values.values()) == {PLACEHOLDER}, f"{_ref(path, secret)} holds a non-placeholder"
     churn = {o["metadata"]["name"]: o for _, o in secrets}["churn-secrets"]["stringData"]
-    assert set(churn) == {"CHURN_REDIS_PASSWORD", "CHURN_REGISTRY_URL", "CHURN_MLFLOW_TRACKING_URI", "CHURN_API_TOKEN"}
+    assert set(churn) == {
+        "CHURN_REDIS_PASSWORD",
+        "CHURN_REGISTRY_URL",
+        "CHURN_MLFLOW_TRACKING_URI",
+        "CHURN_API_TOKEN",
+        "CHURN_MODEL_SIGNING_KEY",
+    }
 
 
 def test_every_secret_reference_names_a_key_of_the_template() -> None:
@@ -1491,3 +1497,50 @@ def test_hadolint_flags_an_unpinned_apt_package(tmp_path: Path) -> None:
     )
     result = _lint(unpinned)
     assert result.returncode != 0 and "DL3008" in result.stdout, result.stdout + result.stderr
+
+
+# ----------------------------------------------------------------------------------------------- network policies
+
+
+def _policies() -> dict[str, dict[str, Any]]:
+    return {obj["metadata"]["name"]: obj for _, obj in _objects() if obj["kind"] == "NetworkPolicy"}
+
+
+def _selected(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items())
+
+
+def _pod_labels() -> dict[str, dict[str, str]]:
+    """Every workload's pod labels, by workload name."""
+    return {
+        obj["metadata"]["name"]: _pod_template(obj)["metadata"]["labels"]
+        for _, obj in _workloads()
+        if obj["kind"] in {"Deployment", "Job", "CronJob"}
+    }
+
+
+def test_every_pod_refuses_connections_a_policy_does_not_allow() -> None:
+    deny = _policies()["default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
+    assert "networkpolicies.yaml" in _load(K8S / "kustomization.yaml")[0]["resources"]
+
+
+def test_only_the_api_clients_and_prometheus_reach_the_api() -> None:
+    policy = _policies()["churn-api-ingress"]["spec"]
+    pods = _pod_labels()
+    assert [name for name, labels in pods.items() if _selected(policy["podSelector"], labels)] == ["churn-api"]
+    [rule] = policy["ingress"]
+    sources = [source["namespaceSelector"]["matchLabels"] for source in rule["from"]]
+    assert sources == [{"churn.example.com/api-client": "true"}, {"kubernetes.io/metadata.name": "monitoring"}]
+    assert [port["port"] for port in rule["ports"]] == ["http"]
+
+
+def test_only_the_platforms_own_pods_reach_mlflow() -> None:
+    policy = _policies()["mlflow-ingress"]["spec"]
+    pods = _pod_labels()
+    assert [name for name, labels in pods.items() if _selected(policy["podSelector"], labels)] == ["mlflow"]
+    [rule] = policy["ingress"]
+    [source] = rule["from"]
+    allowed = {name for name, labels in pods.items() if _selected(source["podSelector"], labels)}
+    # Whoever talks to MLflow (the API polls the champion, the jobs train and register) is let in.
+    assert {"churn-api", PIPELINE, "retrain"} <= allowed and "namespaceSelector" not in source

@@ -7,11 +7,15 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import psycopg2
 import pytest
+from mlflow.exceptions import MlflowException
 
+from churn_common.errors import ModelRegistryError
+from churn_common.names import CHAMPION_ALIAS, REGISTERED_MODEL
 from churn_common.settings import Settings
 from products.elearning import FEATURE_SERVICE
 from tests.conftest import unique_name
@@ -33,27 +37,50 @@ def _admin(dsn: str, statement: str) -> None:
         connection.close()
 
 
-@pytest.fixture
-def mlflow_server(postgres_dsn: str, tmp_path: Path) -> Iterator[str]:
+PLATFORM_USER, PLATFORM_PASSWORD = "churn", "a platform password"
+READER, READER_PASSWORD = "support", "a reader password"
+
+
+def _auth_env(tmp_path: Path) -> dict[str, str]:
+    """MLflow's basic-auth app as k8s/mlflow.yaml runs it: users in a database of their own, every user may read,
+    the platform's user is the admin (its password from the environment, i.e. a Secret)."""
+    config = tmp_path / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\nadmin_username = {PLATFORM_USER}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": PLATFORM_PASSWORD,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "a flask secret",
+    }
+
+
+@pytest.fixture(params=["open", "basic-auth"])
+def mlflow_server(request: pytest.FixtureRequest, postgres_dsn: str, tmp_path: Path) -> Iterator[str]:
     database = unique_name("churn_mlflow_test")
     _admin(postgres_dsn, f'CREATE DATABASE "{database}"')
     port = closed_port()
     log = (tmp_path / "mlflow-server.log").open("w")
+    auth = request.param == "basic-auth"
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"{postgres_dsn}/{database}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+         "--artifacts-destination", str(tmp_path / "server-artifacts"),
+         *(["--app-name", "basic-auth"] if auth else [])],
         stdout=log, stderr=subprocess.STDOUT, env={
             **os.environ,
             "PYTHONWARNINGS": "ignore",
             # The server's background job runner (seven processes) is unused here and costs CI seconds.
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            **(_auth_env(tmp_path) if auth else {}),
         },
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(url, server, tmp_path / "mlflow-server.log")
-        yield url
+        yield f"http://{PLATFORM_USER}:{quote(PLATFORM_PASSWORD)}@127.0.0.1:{port}" if auth else url
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -78,6 +105,7 @@ def _wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
 def test_train_register_promote_and_load_through_the_server(
     settings: Settings, mlflow_server: str, trained: TrainingResult
 ) -> None:
+    """Open, and behind basic auth with the platform's credentials in the tracking URI (as its Secret holds it)."""
     remote = settings.model_copy(update={"mlflow_tracking_uri": mlflow_server})
     version = registry.log_and_register(remote, trained, FEATURE_SERVICE)
     decision = registry.promote(remote)
@@ -92,3 +120,28 @@ def test_train_register_promote_and_load_through_the_server(
     rows = trained.split.test.head(10)
     assert loaded.predict_proba(rows).tolist() == pytest.approx(trained.model.predict_proba(rows).tolist())
     assert loaded.explain(rows.head(2)) == trained.model.explain(rows.head(2))
+
+
+@pytest.mark.parametrize("mlflow_server", ["basic-auth"], indirect=True)
+def test_behind_basic_auth_only_the_platform_moves_the_champion(
+    settings: Settings, mlflow_server: str, trained: TrainingResult
+) -> None:
+    platform = settings.model_copy(update={"mlflow_tracking_uri": mlflow_server})
+    version = registry.log_and_register(platform, trained, FEATURE_SERVICE)
+    assert registry.promote(platform)["decision"] == "promoted"
+    address = mlflow_server.split("@", 1)[1]
+    created = httpx.post(
+        f"http://{address}/api/2.0/mlflow/users/create",
+        json={"username": READER, "password": READER_PASSWORD},
+        auth=(PLATFORM_USER, PLATFORM_PASSWORD),
+        timeout=30,
+    )
+    assert created.status_code == 200, created.text
+    reader_uri = f"http://{READER}:{quote(READER_PASSWORD)}@{address}"
+    reader = client_for(settings.model_copy(update={"mlflow_tracking_uri": reader_uri}))
+    assert str(registry.version_by_alias(reader, "champion").version) == str(version.version)  # it may read
+    with pytest.raises(MlflowException, match="(?i)permission"):
+        reader.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, "1")
+    anonymous = client_for(settings.model_copy(update={"mlflow_tracking_uri": f"http://{address}"}))
+    with pytest.raises(ModelRegistryError, match="not authenticated"):
+        registry.version_by_alias(anonymous, "champion")
