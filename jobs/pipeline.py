@@ -2,7 +2,10 @@
 
 For day D it validates D's drop (``raw/events/date=D``) and every earlier drop no run has validated yet (a missed
 day), builds the features of those days plus the late-data window before them, and brings the online store up to
-that build. Each step also runs alone (``churn data validate``, ``churn features build``, ``churn materialize``). A
+that build. Once there is a champion it then watches itself: batch scoring, drift, performance, the retraining
+decision (which may train and promote a challenger) and the day's HTML report, each pushing its metrics. Each step
+also runs alone (``churn data validate``, ``churn features build``, ``churn materialize``, ``churn score``, ``churn
+monitor drift|performance|report``, ``churn retrain``). The success metric is written last. A
 failing step stops the chain with its message and a non-zero exit; the outputs of earlier steps stay as they are
 (each writes atomically), so the next run starts from them.
 
@@ -18,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from churn_common import privacy
 from churn_common.champion import registry_client, version_by_alias
@@ -29,6 +32,10 @@ from jobs.materialize import MaterializationReport, export_metrics, materialize
 from monitoring.metrics import ChampionPerformance, export_monitoring, export_pipeline_success
 from transformations.features import BuildSummary, build_features
 from transformations.validation import ValidationReport, validate
+
+if TYPE_CHECKING:
+    from monitoring.drift import DriftReport
+    from monitoring.performance import PerformanceReport
 
 logger = logging.getLogger(__name__)
 
@@ -151,16 +158,36 @@ def _champion_version(settings: Settings) -> str | None:
 
 
 def _monitor(settings: Settings, report: DailyReport) -> None:
+    """Score -> drift -> performance -> retrain decision -> metrics -> the day's report (nothing without a champion)."""
     from jobs.retrain import retrain
-    from monitoring.drift import drift_report
-    from monitoring.performance import performance_report
     from monitoring.report import write_daily_report
-    from monitoring.scoring import score_batch
 
     version = _champion_version(settings)
     if version is None:
-        report.skipped["monitoring"] = "no champion yet: `churn train --promote` trains the first"
+        report.skipped["monitoring"] = "no champion yet: `churn retrain` (or `churn train --promote`) trains the first"
         return
+    scored_on, drift, performance = _measure(settings, report)
+    with _step(report, "retrain"):
+        decision = retrain(settings, drift=drift, performance=performance)
+    report.retrain = decision.as_dict()
+    export_monitoring(
+        settings.paths.metrics / "monitoring.prom",
+        settings.pushgateway_url,
+        champion_version=version,
+        drift=drift,
+        performance=ChampionPerformance.of(performance, version),
+        retrain=decision,
+    )
+    with _step(report, "report"):
+        report.report = str(write_daily_report(settings, scored_on))
+
+
+def _measure(settings: Settings, report: DailyReport) -> tuple[date, "DriftReport | None", "PerformanceReport"]:
+    """The champion's scores of today, their drift, and its performance per scoring date so far."""
+    from monitoring.drift import drift_report
+    from monitoring.performance import performance_report
+    from monitoring.scoring import score_batch
+
     with _step(report, "score"):
         scoring = score_batch(settings)
     report.scoring = scoring.as_dict()
@@ -174,16 +201,4 @@ def _monitor(settings: Settings, report: DailyReport) -> None:
     with _step(report, "performance"):
         performance = performance_report(settings)
     report.performance = performance.summary()
-    with _step(report, "retrain"):
-        decision = retrain(settings, drift=drift, performance=performance)
-    report.retrain = decision.as_dict()
-    export_monitoring(
-        settings.paths.metrics / "monitoring.prom",
-        settings.pushgateway_url,
-        champion_version=version,
-        drift=drift,
-        performance=ChampionPerformance.of(performance, version),
-        retrain=decision,
-    )
-    with _step(report, "report"):
-        report.report = str(write_daily_report(settings, scoring.scored_at.date()))
+    return scoring.scored_at.date(), drift, performance

@@ -77,7 +77,7 @@ def retrain_report_file(paths: DataPaths, at: datetime) -> Path:
 
 
 def _drift_trigger(settings: Settings, report: "DriftReport | None") -> Trigger | None:
-    from monitoring.drift import drift_report
+    from monitoring.drift import PREDICTION, drift_report
 
     try:
         report = report or drift_report(settings)
@@ -85,11 +85,11 @@ def _drift_trigger(settings: Settings, report: "DriftReport | None") -> Trigger 
         logger.info("drift not judged: %s", exc)
         return None
     scores = report.prediction.as_dict()
-    drifted = report.drifted + (["churn_probability"] if scores.get("drifted") else [])
+    drifted = report.drifted + ([PREDICTION] if scores.get("drifted") else [])
     if not drifted:
         return None
-    return Trigger("drift", f"{report.day}: {', '.join(drifted)} over threshold (worst {report.worst.name} PSI "
-                            f"{report.worst.psi:.3f})")  # fmt: skip
+    worst = f"worst {report.worst.name} PSI {report.worst.psi:.3f}"
+    return Trigger("drift", f"{report.day}: {', '.join(drifted)} over threshold ({worst})")
 
 
 def _decay_trigger(settings: Settings, champion: ModelVersion, report: "PerformanceReport | None") -> Trigger | None:

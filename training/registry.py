@@ -329,22 +329,27 @@ def _decide(settings: Settings, challenger: ModelVersion, champion: ModelVersion
     if champion is None:
         return decision | _verdict(True, "no champion yet", _auc(test, challenger_scores), None)
     champion_scores = _scores_on(settings, champion, challenger.tags.get(FEATURE_SERVICE_TAG), test)
-    paired = paired_roc_auc_difference(test["label"], challenger_scores, champion_scores, test[JOIN_KEY])
-    promoted = paired["ci_low"] >= -settings.promotion_tolerance
+    return decision | _compared(test, challenger_scores, champion_scores, settings.promotion_tolerance)
+
+
+def _compared(test: pd.DataFrame, challenger: np.ndarray, champion: np.ndarray, tolerance: float) -> dict[str, Any]:
+    """The non-inferiority verdict on the same rows, with both models' figures."""
+    paired = paired_roc_auc_difference(test["label"], challenger, champion, test[JOIN_KEY])
+    promoted = paired["ci_low"] >= -tolerance
     interval = f"[{paired['ci_low']:+.4f}, {paired['ci_high']:+.4f}]"
     reason = (
         f"challenger minus champion ROC-AUC {paired['difference']:+.4f}, 95 % interval {interval}: "
         + ("non-inferior" if promoted else "not shown non-inferior")
-        + f" at a margin of {settings.promotion_tolerance}"
+        + f" at a margin of {tolerance}"
     )
-    verdict = _verdict(promoted, reason, _auc(test, challenger_scores), _auc(test, champion_scores))
+    verdict = _verdict(promoted, reason, _auc(test, challenger), _auc(test, champion))
     # Not part of the rule (ranking is what retention campaigns act on), but recorded: after a change in the churn
     # process a retrained model may rank no better while its probabilities are far closer to the observed rate.
     calibration = {
-        "challenger_brier": float(brier_score_loss(test["label"], challenger_scores)),
-        "champion_brier": float(brier_score_loss(test["label"], champion_scores)),
+        "challenger_brier": float(brier_score_loss(test["label"], challenger)),
+        "champion_brier": float(brier_score_loss(test["label"], champion)),
     }
-    return decision | verdict | calibration | {"roc_auc_difference": paired}
+    return verdict | calibration | {"roc_auc_difference": paired}
 
 
 def _auc(test: pd.DataFrame, scores: np.ndarray) -> float:

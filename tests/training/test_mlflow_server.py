@@ -57,13 +57,14 @@ def _auth_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(params=["open", "basic-auth"])
+@pytest.fixture
 def mlflow_server(request: pytest.FixtureRequest, postgres_dsn: str, tmp_path: Path) -> Iterator[str]:
+    """An open server; ``basic-auth`` (indirect parameter) behind MLflow's auth app, yielding the platform's URI."""
     database = unique_name("churn_mlflow_test")
     _admin(postgres_dsn, f'CREATE DATABASE "{database}"')
     port = closed_port()
     log = (tmp_path / "mlflow-server.log").open("w")
-    auth = request.param == "basic-auth"
+    auth = getattr(request, "param", "open") == "basic-auth"
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"{postgres_dsn}/{database}",
@@ -105,7 +106,6 @@ def _wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
 def test_train_register_promote_and_load_through_the_server(
     settings: Settings, mlflow_server: str, trained: TrainingResult
 ) -> None:
-    """Open, and behind basic auth with the platform's credentials in the tracking URI (as its Secret holds it)."""
     remote = settings.model_copy(update={"mlflow_tracking_uri": mlflow_server})
     version = registry.log_and_register(remote, trained, FEATURE_SERVICE)
     decision = registry.promote(remote)
@@ -126,6 +126,8 @@ def test_train_register_promote_and_load_through_the_server(
 def test_behind_basic_auth_only_the_platform_moves_the_champion(
     settings: Settings, mlflow_server: str, trained: TrainingResult
 ) -> None:
+    """The platform's credentials in its tracking URI (as its Secret holds them) train, register and promote; a
+    reader may read but not move the alias; nobody gets in without credentials."""
     platform = settings.model_copy(update={"mlflow_tracking_uri": mlflow_server})
     version = registry.log_and_register(platform, trained, FEATURE_SERVICE)
     assert registry.promote(platform)["decision"] == "promoted"
