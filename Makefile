@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create .venv and install the project with its dev tools
 
-system-deps: ## Install promtool and wrk from Debian packages when missing (needs root)
+system-deps: ## Install promtool, wrk, redis-server, chromium and chromedriver from Debian when missing (needs root)
 	@bash scripts/system_deps.sh
 
 services: ## Make sure Redis and PostgreSQL answer on 127.0.0.1 (starts a throwaway redis-server if needed)
