@@ -17,14 +17,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from jinja2 import Environment, PackageLoader, select_autoescape
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display on a server or a CronJob
-import matplotlib.pyplot as plt  # noqa: E402
-from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
-
-from churn_common.errors import DataError  # noqa: E402
-from churn_common.settings import DataPaths, Settings  # noqa: E402
+from churn_common.errors import DataError
+from churn_common.settings import DataPaths, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +67,17 @@ def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _png(figure: plt.Figure) -> str:
+def _png(figure: Figure) -> str:
+    # A bare Figure draws with the Agg canvas: no pyplot state, no backend switched under a caller (a notebook).
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-    plt.close(figure)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _buckets_plot(title: str, buckets: list[dict[str, Any]]) -> str:
     """Reference and the day's share per bucket, side by side."""
-    figure, axes = plt.subplots(figsize=(6, 2.6))
+    figure = Figure(figsize=(6, 2.6))
+    axes = figure.subplots()
     positions = range(len(buckets))
     axes.bar([p - 0.2 for p in positions], [b["reference"] for b in buckets], width=0.4, label="training reference")
     axes.bar([p + 0.2 for p in positions], [b["snapshot"] for b in buckets], width=0.4, label="this day")
@@ -125,7 +123,8 @@ def _performance_plot(rows: list[dict[str, Any]]) -> str | None:
     """Estimated and matured ROC-AUC per scoring date, one pair of lines per model version, with its test ROC-AUC."""
     if not rows:
         return None
-    figure, axes = plt.subplots(figsize=(7, 3))
+    figure = Figure(figsize=(7, 3))
+    axes = figure.subplots()
     for version in sorted({row["model_version"] for row in rows}, key=int):
         mine = [row for row in rows if row["model_version"] == version]
         days = [date.fromisoformat(row["date"]) for row in mine]
