@@ -49,7 +49,7 @@ from training.train import train_churn_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-USERS, START, DRIFT_AT, PERIOD = 3_000, date(2026, 1, 5), 180, 240
+USERS, START, DRIFT_AT, PERIOD = 2_000, date(2026, 1, 5), 180, 240
 DRIFT_DATE = START + timedelta(days=DRIFT_AT)
 runner = CliRunner()
 
@@ -154,7 +154,7 @@ def test_drift_decay_retrain_and_a_refused_challenger_through_the_cli(
 
     # Before the drift: nothing the drift changes is flagged; a trigger inside the cooldown waits.
     before = _daily(world, monkeypatch, 159)
-    assert before["scoring"]["scored"] > 1_500
+    assert before["scoring"]["scored"] > 1_000
     assert not set(before["drift"]["features_drifted"]) & set(DRIFTED), before["drift"]
     assert before["drift"]["prediction_drift"]["drifted"] is False
     assert before["retrain"]["outcome"] in {"waiting", "not retrained"}, before["retrain"]
@@ -176,8 +176,8 @@ def test_drift_decay_retrain_and_a_refused_challenger_through_the_cli(
     decision = late["retrain"]
     assert {trigger["kind"] for trigger in decision["triggers"]} >= {"drift", "decay"}, decision["triggers"]
     assert (decision["outcome"], decision["challenger_version"]) == ("promoted", "2"), decision
-    # Better, not merely non-inferior: measured +0.026 ROC-AUC (95 % interval +0.020..+0.033), Brier 0.167 against
-    # 0.202 on the challenger's test window (its last two labelled observation times, both after the drift).
+    # Better, not merely non-inferior: measured +0.017 ROC-AUC (95 % interval +0.013..+0.022), Brier 0.165 against
+    # 0.188 on the challenger's test window (its last two labelled observation times, both after the drift).
     promotion = decision["promotion"]
     assert promotion["roc_auc_difference"]["ci_low"] > 0, promotion
     assert promotion["challenger_brier"] < promotion["champion_brier"], promotion
