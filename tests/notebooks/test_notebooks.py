@@ -118,7 +118,9 @@ def _repository_state() -> set[str]:
     """Every file git sees in the work tree, untracked and ignored ones included (a stray mlflow.db is ignored),
     but the screenshots other tests leave under build/test-artifacts while this one runs beside them (-n 2)."""
     artifacts = ARTIFACTS.resolve()
-    inside = artifacts.relative_to(ROOT.resolve()).as_posix() + "/" if artifacts.is_relative_to(ROOT.resolve()) else None
+    inside = (
+        artifacts.relative_to(ROOT.resolve()).as_posix() + "/" if artifacts.is_relative_to(ROOT.resolve()) else None
+    )
     listing = subprocess.run(
         ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
         cwd=ROOT,
@@ -131,17 +133,22 @@ def _repository_state() -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_notebook_runs_on_small_data_and_writes_nothing_outside_the_data_directory(
-    name: str, world: dict[str, str]
+def test_every_notebook_runs_on_small_data_and_writes_nothing_outside_the_data_directory(
+    world: dict[str, str],
 ) -> None:
+    """One test over one world (its commands cost more than all notebooks), each notebook in turn."""
+    for name in sorted(EXPECTED):
+        _run(name, world)
+
+
+def _run(name: str, world: dict[str, str]) -> None:
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     before = _repository_state()
     # From notebooks/ as Jupyter would start it: a relative path anywhere would land in the repository.
     client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": NOTEBOOKS}})
     client.execute(env=world)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    assert all(cell.execution_count for cell in code), "a cell did not run"
-    assert not [out for cell in code for out in cell.outputs if out.output_type == "error"]
-    assert code[-1].outputs, "the last cell shows nothing"
-    assert _repository_state() == before, f"the notebook wrote into the repository: {_repository_state() - before}"
+    assert all(cell.execution_count for cell in code), f"{name}: a cell did not run"
+    assert not [out for cell in code for out in cell.outputs if out.output_type == "error"], name
+    assert code[-1].outputs, f"{name}: the last cell shows nothing"
+    assert _repository_state() == before, f"{name} wrote into the repository: {_repository_state() - before}"

@@ -1,5 +1,5 @@
 """Train, register, promote and load through a real ``mlflow server`` backed by PostgreSQL (its own database,
-dropped afterwards) and serving artifacts from a temporary directory."""
+dropped afterwards), serving artifacts from a temporary directory, behind MLflow's basic-auth app as deployed."""
 
 import os
 import subprocess
@@ -103,34 +103,24 @@ def _wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"mlflow server not healthy after {STARTUP_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
 
 
-def test_train_register_promote_and_load_through_the_server(
+@pytest.mark.parametrize("mlflow_server", ["basic-auth"], indirect=True)
+def test_through_the_authenticated_server_only_the_platform_moves_the_champion(
     settings: Settings, mlflow_server: str, trained: TrainingResult
 ) -> None:
+    """As k8s/mlflow.yaml runs it: the platform's credentials in its tracking URI (as its Secret holds them) train,
+    register, promote and load; a reader may read but not move the alias; nobody gets in without credentials."""
     remote = settings.model_copy(update={"mlflow_tracking_uri": mlflow_server})
     version = registry.log_and_register(remote, trained, FEATURE_SERVICE)
-    decision = registry.promote(remote)
-    assert decision["decision"] == "promoted"
-    client = client_for(remote)
-    champion = registry.version_by_alias(client, "champion")
-    assert str(champion.version) == str(version.version)
-    assert champion.tags["feature_service"] == FEATURE_SERVICE
+    assert registry.promote(remote)["decision"] == "promoted"
+    champion = registry.version_by_alias(client_for(remote), "champion")
+    assert str(champion.version) == str(version.version) and champion.tags["feature_service"] == FEATURE_SERVICE
     # Artifacts went through the server's proxy, not to the local default directory.
     assert not settings.paths.mlflow_artifacts.exists()
-    loaded = registry.load_model(champion)
+    loaded = registry.load_model(champion, remote)
     rows = trained.split.test.head(10)
     assert loaded.predict_proba(rows).tolist() == pytest.approx(trained.model.predict_proba(rows).tolist())
     assert loaded.explain(rows.head(2)) == trained.model.explain(rows.head(2))
 
-
-@pytest.mark.parametrize("mlflow_server", ["basic-auth"], indirect=True)
-def test_behind_basic_auth_only_the_platform_moves_the_champion(
-    settings: Settings, mlflow_server: str, trained: TrainingResult
-) -> None:
-    """The platform's credentials in its tracking URI (as its Secret holds them) train, register and promote; a
-    reader may read but not move the alias; nobody gets in without credentials."""
-    platform = settings.model_copy(update={"mlflow_tracking_uri": mlflow_server})
-    version = registry.log_and_register(platform, trained, FEATURE_SERVICE)
-    assert registry.promote(platform)["decision"] == "promoted"
     address = mlflow_server.split("@", 1)[1]
     created = httpx.post(
         f"http://{address}/api/2.0/mlflow/users/create",
