@@ -19,7 +19,6 @@ decision (triggers, figures, outcome) is recorded on the challenger's version (`
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from churn_common.champion import all_versions, registry_client, version_by_alias
 from churn_common.errors import DataError, ModelNotFound
+from churn_common.files import write_text_atomically
 from churn_common.names import CHAMPION_ALIAS, REGISTERED_MODEL
 from churn_common.settings import DataPaths, Settings
 
@@ -218,8 +218,5 @@ def _record(settings: Settings, decision: RetrainDecision) -> None:
 
 
 def _write_report(settings: Settings, decision: RetrainDecision) -> None:
-    target = retrain_report_file(settings.paths, decision.at)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(decision.as_dict(), indent=2, default=str) + "\n")
-    os.replace(temporary, target)
+    payload = json.dumps(decision.as_dict(), indent=2, default=str) + "\n"
+    write_text_atomically(retrain_report_file(settings.paths, decision.at), payload)

@@ -27,7 +27,6 @@ that reference existed report prediction drift as unavailable, which is not an e
 
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from datetime import date
@@ -44,6 +43,7 @@ from scipy.spatial.distance import jensenshannon
 
 from churn_common.champion import registry_client, version_by_alias
 from churn_common.errors import ConfigurationError, DataError, EmptyInput, ModelRegistryError
+from churn_common.files import write_text_atomically
 from churn_common.names import CHAMPION_ALIAS, JOIN_KEY
 from churn_common.prediction_log import log_file
 from churn_common.settings import DataPaths, Settings
@@ -338,7 +338,4 @@ def _prediction_drift(settings: Settings, client: MlflowClient, version: ModelVe
 
 
 def _write_json(payload: dict[str, Any], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, target)
+    write_text_atomically(target, json.dumps(payload, indent=2))

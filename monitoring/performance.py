@@ -45,7 +45,6 @@ Each reported date's rows go to ``reports/performance/date=D.json`` (replaced wh
 import json
 import logging
 import math
-import os
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -62,6 +61,7 @@ from scipy.stats import chi2
 
 from churn_common.champion import registry_client, version_by_alias
 from churn_common.errors import DataError, ModelRegistryError
+from churn_common.files import write_text_atomically
 from churn_common.labels import LabelSpec, label_entities, matured_until
 from churn_common.names import CHAMPION_ALIAS, JOIN_KEY, TIMESTAMP_FIELD
 from churn_common.prediction_log import log_file
@@ -692,7 +692,4 @@ def _rng(group: _Group) -> np.random.Generator:
 
 
 def _write_json(payload: dict[str, Any], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, target)
+    write_text_atomically(target, json.dumps(payload, indent=2))

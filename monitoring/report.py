@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -21,6 +20,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 
 from churn_common.errors import DataError
+from churn_common.files import write_text_atomically
 from churn_common.settings import DataPaths, Settings
 
 logger = logging.getLogger(__name__)
@@ -168,10 +168,6 @@ def render_daily_report(paths: DataPaths, day: date) -> str:
 
 def write_daily_report(settings: Settings, day: date) -> Path:
     target = daily_report_file(settings.paths, day)
-    page = render_daily_report(settings.paths, day)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(page)
-    os.replace(temporary, target)
+    write_text_atomically(target, render_daily_report(settings.paths, day))
     logger.info("daily report for %s at %s", day, target)
     return target

@@ -15,7 +15,6 @@ when), so a user's batch score at T equals ``/predict`` at T.
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +31,7 @@ from churn_common.catalog import feature_descriptions
 from churn_common.champion import feature_service_of, load_version, registry_client, version_by_alias
 from churn_common.errors import DataError
 from churn_common.feature_frame import normalize, service_schema
+from churn_common.files import replace_atomically, write_table_atomically
 from churn_common.model import ChurnModel
 from churn_common.names import CHAMPION_ALIAS, CREATED_TIMESTAMP_FIELD, JOIN_KEY, TIMESTAMP_FIELD
 from churn_common.population import PopulationRule, Status
@@ -70,13 +70,6 @@ class ScoringReport:
             "features": str(self.features),
             "high_risk_list": str(self.high_risk_list),
         }
-
-
-def _write_atomically(table: pa.Table, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    pq.write_table(table, temporary)
-    os.replace(temporary, target)
 
 
 def _candidates(settings: Settings, at: datetime) -> pd.DataFrame:
@@ -201,8 +194,8 @@ def _write_outputs(
     day, paths = at.date().isoformat(), settings.paths
     log_target = log_file(settings.prediction_log_root, day, "batch")
     features_target = scoring_features_file(paths, day)
-    _write_atomically(log, log_target)
-    _write_atomically(matrix, features_target)
+    write_table_atomically(log, log_target)
+    write_table_atomically(matrix, features_target)
     high_risk = _high_risk(log, feature_descriptions(settings.event_catalog()), model.reference_values)
     high_risk_target = paths.high_risk_list(day)
     _write_csv(high_risk, high_risk_target)
@@ -215,10 +208,7 @@ def scoring_features_file(paths: DataPaths, day: str) -> Path:
 
 
 def _write_csv(frame: pd.DataFrame, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    frame.to_csv(temporary, index=False)
-    os.replace(temporary, target)
+    replace_atomically(target, lambda temporary: frame.to_csv(temporary, index=False))
 
 
 def _max_ttl(store, service) -> timedelta:

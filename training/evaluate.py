@@ -3,6 +3,7 @@ and the plots."""
 
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,22 +78,35 @@ def bootstrap_intervals(
     by how often it drew the user; resamples with a single class are left out (NaN bounds if all are). Seeded: same
     inputs, same bounds."""
     labels = np.asarray(labels, dtype=np.float64)
-    users, row_user = np.unique(groups, return_inverse=True)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOTSTRAP_CELLS // max(len(labels), 1))
     roc, pr = [], []
-    for start in range(0, n_resamples, chunk):
-        draws = rng.multinomial(len(users), np.full(len(users), 1 / len(users)), size=min(chunk, n_resamples - start))
-        true_positives, false_positives = _weighted_counts(labels, scores, draws[:, row_user].astype(np.float64))
+    for weights in _user_resamples(groups, n_resamples, seed):
+        true_positives, false_positives = _weighted_counts(labels, scores, weights)
         roc.append(_roc_auc(true_positives, false_positives))
         pr.append(_average_precision(true_positives, false_positives))
-    tail = 100 * (1 - CONFIDENCE) / 2
     intervals = {}
-    for name, values in (("roc_auc", np.concatenate(roc)), ("pr_auc", np.concatenate(pr))):
-        values = values[np.isfinite(values)]
-        low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
-        intervals[f"{name}_ci_low"], intervals[f"{name}_ci_high"] = float(low), float(high)
+    for name, values in (("roc_auc", roc), ("pr_auc", pr)):
+        intervals[f"{name}_ci_low"], intervals[f"{name}_ci_high"] = _percentile_interval(values)
     return intervals
+
+
+def _user_resamples(groups: np.ndarray, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Row weights of ``n_resamples`` bootstrap draws of the users in ``groups`` (how often each row's user was
+    drawn), in chunks of (resamples, rows) bounded by ``_BOOTSTRAP_CELLS``. Seeded: same groups, same draws."""
+    users, row_user = np.unique(groups, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CELLS // max(len(row_user), 1))
+    for start in range(0, n_resamples, chunk):
+        draws = rng.multinomial(len(users), np.full(len(users), 1 / len(users)), size=min(chunk, n_resamples - start))
+        yield draws[:, row_user].astype(np.float64)
+
+
+def _percentile_interval(chunks: list[np.ndarray]) -> tuple[float, float]:
+    """The ``CONFIDENCE`` percentile interval of the finite values (NaN bounds when there are none)."""
+    values = np.concatenate(chunks)
+    values = values[np.isfinite(values)]
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
+    return float(low), float(high)
 
 
 def paired_roc_auc_difference(
@@ -108,22 +122,12 @@ def paired_roc_auc_difference(
     interval is far narrower than either model's own). Keys ``difference``, ``ci_low``, ``ci_high``."""
     labels = np.asarray(labels, dtype=np.float64)
     difference = float(roc_auc_score(labels, scores_a) - roc_auc_score(labels, scores_b))
-    users, row_user = np.unique(groups, return_inverse=True)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOTSTRAP_CELLS // max(len(labels), 1))
-    differences = []
-    for start in range(0, n_resamples, chunk):
-        draws = rng.multinomial(len(users), np.full(len(users), 1 / len(users)), size=min(chunk, n_resamples - start))
-        weights = draws[:, row_user].astype(np.float64)
-        differences.append(
-            _roc_auc(*_weighted_counts(labels, scores_a, weights))
-            - _roc_auc(*_weighted_counts(labels, scores_b, weights))
-        )
-    values = np.concatenate(differences)
-    values = values[np.isfinite(values)]
-    tail = 100 * (1 - CONFIDENCE) / 2
-    low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
-    return {"difference": difference, "ci_low": float(low), "ci_high": float(high)}
+    differences = [
+        _roc_auc(*_weighted_counts(labels, scores_a, weights)) - _roc_auc(*_weighted_counts(labels, scores_b, weights))
+        for weights in _user_resamples(groups, n_resamples, seed)
+    ]
+    low, high = _percentile_interval(differences)
+    return {"difference": difference, "ci_low": low, "ci_high": high}
 
 
 def _weighted_counts(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

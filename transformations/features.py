@@ -51,6 +51,7 @@ from pandera.pandas import DataFrameSchema
 
 from churn_common.catalog import EventCatalog
 from churn_common.errors import DataError, SchemaError
+from churn_common.files import replace_atomically
 from churn_common.names import ACCOUNT_TABLE, CREATED_TIMESTAMP_FIELD, JOIN_KEY, SNAPSHOT_TABLE, TIMESTAMP_FIELD
 from churn_common.settings import DataPaths, Settings
 from transformations.snapshot_schema import (
@@ -549,13 +550,9 @@ def _connect(spill_dir: Path) -> duckdb.DuckDBPyConnection:
 
 def _write_atomically(table: pa.Table, target: Path) -> None:
     """Write ``target`` through a hidden temp file in its directory, so readers see the old or the new file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    try:
-        pq.write_table(table, temporary, use_dictionary=_dictionary_columns(table.schema))
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+    replace_atomically(
+        target, lambda temporary: pq.write_table(table, temporary, use_dictionary=_dictionary_columns(table.schema))
+    )
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:

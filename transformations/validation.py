@@ -62,6 +62,7 @@ from pandera.errors import SchemaErrors
 
 from churn_common.catalog import EventCatalog
 from churn_common.errors import DataError, EmptyInput, QuarantineThresholdExceeded, SchemaError
+from churn_common.files import write_table_atomically
 from churn_common.privacy import NOBODY, Erased, Forgotten
 from churn_common.settings import DataPaths
 from transformations.snapshot_schema import ACCOUNT_ATTRIBUTES, ACCOUNT_SCHEMA
@@ -1097,13 +1098,6 @@ def _as_utc(now: datetime | pd.Timestamp) -> pd.Timestamp:
     return (stamp.tz_localize(UTC) if stamp.tz is None else stamp.tz_convert(UTC)).as_unit("us")
 
 
-def _write_atomically(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def _write_report(report: ValidationReport, paths: DataPaths) -> None:
     paths.reports.mkdir(parents=True, exist_ok=True)
     tmp = paths.reports / ".validation.json.tmp"
@@ -1192,8 +1186,8 @@ def validate(
     if not report.passed:
         _discard(outcome.pending)
         raise QuarantineThresholdExceeded(_threshold_message(report, paths))
-    _write_atomically(outcome.users, paths.users)
-    _write_atomically(outcome.history, paths.user_history / f"batch={run.users_batch}.parquet")
+    write_table_atomically(outcome.users, paths.users)
+    write_table_atomically(outcome.history, paths.user_history / f"batch={run.users_batch}.parquet")
     _publish(outcome.pending, paths.events, run.batches)
     logger.info(
         "validation passed: %d batch(es), last %s; %d users, %d events accepted",

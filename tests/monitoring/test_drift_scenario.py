@@ -19,11 +19,10 @@ without ``drift_date`` measures at most 0.03 on every feature but tenure.
 """
 
 import shutil
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from churn_common.population import PopulationRule
@@ -31,16 +30,14 @@ from churn_common.settings import Settings
 from churn_common.store import apply_repo, feature_store
 from monitoring.drift import drift_report
 from monitoring.scoring import score_batch
-from products import GeneratorConfig, users_as_of
-from products.elearning import CATALOG as ELEARNING
+from products import GeneratorConfig
 from products.elearning import FEATURE_SERVICE
 from products.elearning.generator import generate
+from tests.monitoring.arrivals import arrive, midnight
 from training import registry
 from training.dataset import get_training_set
 from training.labels import build_labels
 from training.train import train_churn_model
-from transformations.features import build_features
-from transformations.validation import validate
 
 pytestmark = pytest.mark.slow
 
@@ -59,27 +56,6 @@ UNTOUCHED_STEMS += ("amount_paid_", "support_tickets_")
 UNTOUCHED = ["days_since_last_activity", "tenure_days", "plan", "country"]
 
 
-def _midnight(day: date) -> datetime:
-    return datetime.combine(day, time(0), UTC)
-
-
-def _arrive(settings: Settings, accounts: Path, first: date, last: date) -> None:
-    """The drops of ``first`` .. ``last`` and the accounts export at the end of ``last``: validated and built."""
-    end = _midnight(last + timedelta(days=1))
-    pq.write_table(users_as_of(pq.read_table(accounts), end), settings.paths.raw_users)
-    days = [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
-    drops = [settings.paths.raw_events / f"date={day.isoformat()}" for day in days]
-    report = validate(
-        settings.paths,
-        now=end,
-        max_quarantine_share=0.01,
-        catalog=ELEARNING,
-        events_source=[drop for drop in drops if drop.is_dir()],
-    )
-    assert report.passed
-    build_features(settings.model_copy(update={"now": end}), start=first, end=last)
-
-
 def _train_champion(settings: Settings) -> None:
     """run_training's steps, with the observation times cut to those whose every feature window holds data."""
     labels = build_labels(settings)
@@ -87,7 +63,7 @@ def _train_champion(settings: Settings) -> None:
     rule = PopulationRule(settings.active_window_days)
     training_set = get_training_set(feature_store(settings), labels, FEATURE_SERVICE, rule)
     result = train_churn_model(training_set.frame, HORIZON_DAYS, population=training_set.population)
-    assert result.split.test["event_timestamp"].max() + timedelta(days=HORIZON_DAYS) <= _midnight(DRIFT_DATE)
+    assert result.split.test["event_timestamp"].max() + timedelta(days=HORIZON_DAYS) <= midnight(DRIFT_DATE)
     registry.log_and_register(settings, result, FEATURE_SERVICE)
     assert registry.promote(settings)["promoted"]
 
@@ -103,13 +79,13 @@ def test_the_drift_scenario_is_flagged_where_it_changes_the_data(settings: Setti
     generate(settings.paths, GeneratorConfig(USERS, START, BEFORE_DRIFT + AFTER_DRIFT, seed=5, drift_date=DRIFT_DATE))
     accounts = tmp_path / "accounts_at_period_end.parquet"
     shutil.copy(settings.paths.raw_users, accounts)
-    _arrive(settings, accounts, START, DRIFT_DATE - timedelta(days=1))
+    arrive(settings, accounts, START, DRIFT_DATE - timedelta(days=1))
     apply_repo(settings)
     _train_champion(settings)
 
     last_day = DRIFT_DATE + timedelta(days=AFTER_DRIFT - 1)
-    _arrive(settings, accounts, DRIFT_DATE, last_day)
-    scoring = score_batch(settings, _midnight(last_day + timedelta(days=1)))
+    arrive(settings, accounts, DRIFT_DATE, last_day)
+    scoring = score_batch(settings, midnight(last_day + timedelta(days=1)))
     report = drift_report(settings)
 
     assert report.day == last_day + timedelta(days=1) and report.rows == scoring.scored > 1_000

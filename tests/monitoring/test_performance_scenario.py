@@ -28,7 +28,7 @@ predicted, ECE 0.125; day 194 estimated 0.903, matured 0.809, churn 39.6 % again
 """
 
 import shutil
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +43,10 @@ from churn_common.store import apply_repo
 from jobs.model_commands import run_training
 from monitoring.performance import DateRow, performance_report
 from monitoring.scoring import score_batch
-from products import GeneratorConfig, users_as_of
-from products.elearning import CATALOG as ELEARNING
+from products import GeneratorConfig
 from products.elearning import FEATURE_SERVICE
 from products.elearning.generator import generate
-from transformations.features import build_features
-from transformations.validation import validate
+from tests.monitoring.arrivals import arrive, midnight
 
 pytestmark = pytest.mark.slow
 
@@ -65,36 +63,15 @@ def _day(offset: int) -> date:
     return START + timedelta(days=offset)
 
 
-def _midnight(day: date) -> datetime:
-    return datetime.combine(day, time(0), UTC)
-
-
 def _quit_abruptly(paths: DataPaths, seed: int) -> None:
     """From the drift date each user quits at an exponential time (``QUIT_HAZARD_PER_DAY``): every event from then
     on is removed from the raw drops."""
     days = np.random.default_rng(seed).exponential(1 / QUIT_HAZARD_PER_DAY, USERS + 1)
-    quit_us = (pd.Timestamp(_midnight(DRIFT_DATE)) + pd.to_timedelta(days, unit="D")).as_unit("us").asi8
+    quit_us = (pd.Timestamp(midnight(DRIFT_DATE)) + pd.to_timedelta(days, unit="D")).as_unit("us").asi8
     for drop in sorted(paths.raw_events.glob("date=*/*.parquet")):
         table = pq.read_table(drop)
         before = pa.array(quit_us[table["user_id"].to_numpy()])
         pq.write_table(table.filter(pc.less(pc.cast(table["event_timestamp"], pa.int64()), before)), drop)
-
-
-def _arrive(settings: Settings, accounts: Path, first: date, last: date) -> None:
-    """The drops of ``first`` .. ``last`` and the accounts export at the end of ``last``: validated and built."""
-    end = _midnight(last + timedelta(days=1))
-    pq.write_table(users_as_of(pq.read_table(accounts), end), settings.paths.raw_users)
-    days = [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
-    drops = [settings.paths.raw_events / f"date={day.isoformat()}" for day in days]
-    report = validate(
-        settings.paths,
-        now=end,
-        max_quarantine_share=0.01,
-        catalog=ELEARNING,
-        events_source=[drop for drop in drops if drop.is_dir()],
-    )
-    assert report.passed
-    build_features(settings.model_copy(update={"now": end}), start=first, end=last)
 
 
 def _by_day(rows: list[DateRow]) -> dict[int, DateRow]:
@@ -107,15 +84,15 @@ def test_estimates_track_matured_performance_until_calibration_drifts(settings: 
     _quit_abruptly(settings.paths, seed=7)
     accounts = tmp_path / "accounts_at_period_end.parquet"
     shutil.copy(settings.paths.raw_users, accounts)
-    _arrive(settings, accounts, START, TRAINED_BY - timedelta(days=1))
+    arrive(settings, accounts, START, TRAINED_BY - timedelta(days=1))
     apply_repo(settings)
-    trained = run_training(settings.model_copy(update={"now": _midnight(TRAINED_BY)}), FEATURE_SERVICE, promote=True)
+    trained = run_training(settings.model_copy(update={"now": midnight(TRAINED_BY)}), FEATURE_SERVICE, promote=True)
     assert trained["promotion"]["promoted"]
-    _arrive(settings, accounts, TRAINED_BY, _day(BEFORE_DRIFT + AFTER_DRIFT - 1))
+    arrive(settings, accounts, TRAINED_BY, _day(BEFORE_DRIFT + AFTER_DRIFT - 1))
     for offset in (*PRE_DRIFT, *POST_DRIFT, NOT_MATURED):
-        assert score_batch(settings, _midnight(_day(offset))).scored > 1_000
+        assert score_batch(settings, midnight(_day(offset))).scored > 1_000
 
-    end = settings.model_copy(update={"now": _midnight(_day(BEFORE_DRIFT + AFTER_DRIFT))})
+    end = settings.model_copy(update={"now": midnight(_day(BEFORE_DRIFT + AFTER_DRIFT))})
     report = performance_report(end)
     rows = _by_day(report.rows)
     assert sorted(rows) == [*PRE_DRIFT, *POST_DRIFT, NOT_MATURED]
