@@ -9,10 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def replace_atomically(target: Path, write: Callable[[Path], object]) -> None:
-    """``write(temporary)``, then ``temporary`` renamed over ``target``."""
+def replace_atomically(target: Path, write: Callable[[Path], object], suffix: str = ".tmp") -> None:
+    """``write(temporary)``, then ``temporary`` renamed over ``target``. ``suffix`` names the temporary: a writer
+    that may run beside another one on the same file (``churn forget`` beside a pipeline run) takes its own."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
+    temporary = target.with_name(f".{target.name}{suffix}")
     try:
         write(temporary)
         os.replace(temporary, target)

@@ -10,7 +10,6 @@ next drop cannot bring them back, and appends what was removed — counts, never
 
 import csv
 import logging
-import os
 import sqlite3
 import tempfile
 import uuid
@@ -30,6 +29,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from churn_common import privacy
 from churn_common.champion import registry_client
 from churn_common.errors import FeatureStoreUnavailable
+from churn_common.files import replace_atomically
 from churn_common.names import JOIN_KEY
 from churn_common.privacy import OneUser
 from churn_common.settings import Settings
@@ -62,12 +62,7 @@ class Erasure:
 
 
 def _replace(path: Path, write) -> None:
-    temporary = path.with_name(f".{path.name}.forget.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    replace_atomically(path, write, suffix=".forget.tmp")
 
 
 def _csv_without_user(path: Path, user_id: int) -> int:
