@@ -34,6 +34,7 @@ from churn_common.names import JOIN_KEY
 from churn_common.privacy import OneUser
 from churn_common.settings import Settings
 from churn_common.store import feature_store
+from transformations import checkpoints
 from transformations.validation import parse_ids, scrub
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Erasure:
     """Per file rewritten (relative to the data directory): rows removed."""
     online_entries: int = 0
     artifacts: int = 0
+    checkpoints: int = 0
+    """The feature build's rolling-state checkpoints deleted (they hold per-user sums; the next build starts over)."""
 
     def summary(self) -> dict[str, object]:
         """What was removed, as counts (the audit trail's record; no user data)."""
@@ -58,6 +61,7 @@ class Erasure:
             "rows": sum(self.files.values()),
             "online_entries": self.online_entries,
             "mlflow_artifacts": self.artifacts,
+            "checkpoints": self.checkpoints,
         }
 
 
@@ -165,6 +169,7 @@ def forget(settings: Settings, user_id: int, requested_by: str, reason: str) -> 
     erasure = Erasure(user_id)
     _forget_online(settings, erasure)
     _forget_files(settings, erasure)
+    erasure.checkpoints = checkpoints.forget(settings.paths)
     _forget_artifacts(settings, erasure)
     token = privacy.register(settings, user_id)
     record = {

@@ -54,6 +54,7 @@ from churn_common.errors import DataError, SchemaError
 from churn_common.files import replace_atomically
 from churn_common.names import ACCOUNT_TABLE, CREATED_TIMESTAMP_FIELD, JOIN_KEY, SNAPSHOT_TABLE, TIMESTAMP_FIELD
 from churn_common.settings import DataPaths, Settings
+from transformations import checkpoints
 from transformations.snapshot_schema import (
     ACCOUNT_SCHEMA,
     RECENCY,
@@ -297,6 +298,30 @@ class _RollingState:
         }
         return lambda frame: lambda metric: blocks[frame][self.metrics.index(metric)]
 
+    def layout(self, catalog: EventCatalog) -> dict:
+        """What the arrays mean: a checkpoint of another catalogue or other frames is not this state."""
+        # Lists: the layout is compared with its JSON round trip.
+        return {
+            "metrics": list(self.metrics),
+            "frames": list(self.frames),
+            "types": list(catalog.names),
+            "activity": list(catalog.activity_types),
+        }
+
+    def checkpoint(self, day: int, users: _Users) -> checkpoints.Checkpoint:
+        return checkpoints.Checkpoint(day, users.ids, self.total, self.left, self.last_active)
+
+    def restore(self, checkpoint: checkpoints.Checkpoint, users: _Users) -> bool:
+        """Take the checkpoint's sums (users who signed up since start from zero); False if it lacks a user's place:
+        a user it counted is no longer in the users table."""
+        position, known = _positions(users, checkpoint.ids)
+        if not known.all():
+            return False
+        self.total[:, position] = checkpoint.total
+        self.left[:, :, position] = checkpoint.left
+        self.last_active[position] = checkpoint.last_active
+        return True
+
 
 def _scatter_add(sums: np.ndarray, index: np.ndarray, metrics: np.ndarray) -> None:
     """``sums[:, index] += metrics`` for ``index`` in ascending order, repeated positions adding up. Row by row, and
@@ -498,17 +523,13 @@ def _check_columns(con: duckdb.DuckDBPyConnection, source: str, expected: dict[s
         raise SchemaError(f"{source}: expected {expected}, found {wrong} for those columns")
 
 
-def _data_days(con: duckdb.DuckDBPyConnection, paths: DataPaths) -> tuple[date, date]:
+def _data_days(files: checkpoints.EventFiles, paths: DataPaths) -> tuple[date, date]:
     """The first event day and the last knowledge day of the validated events."""
-    first, last = con.execute(
-        f"""SELECT min(event_timestamp)::DATE,
-                   DATE '1970-01-01' + max(greatest({_day_number("event_timestamp")}, {_day_number("ingested_at")}))
-            FROM read_parquet($events)""",
-        {"events": _events_glob(paths)},
-    ).fetchone()
-    if first is None:
+    filled = [stat for stat in files.values() if stat.last_known >= 0]
+    if not filled:
         raise DataError(f"no validated events under {paths.events}; run `churn data validate`")
-    return first, last
+    first, last = min(stat.first_day for stat in filled), max(stat.last_known for stat in filled)
+    return EPOCH + timedelta(days=first), EPOCH + timedelta(days=last)
 
 
 def _check_catalogue(con: duckdb.DuckDBPyConnection, paths: DataPaths, catalog: EventCatalog, plan: _Plan) -> None:
@@ -517,11 +538,11 @@ def _check_catalogue(con: duckdb.DuckDBPyConnection, paths: DataPaths, catalog: 
     found, matching = con.execute(
         f"""SELECT count(*), count(*) FILTER (WHERE event_type IN ({declared}))
             FROM read_parquet($events, hive_partitioning = true) WHERE date BETWEEN $first AND $last""",
-        {"events": _events_glob(paths), "first": plan.history_start, "last": plan.last_day},
+        {"events": _events_glob(paths), "first": plan.first_day, "last": plan.last_day},
     ).fetchone()
     if found and not matching:
         raise DataError(
-            f"none of the {found:,} validated events of {plan.history_start}..{plan.last_day} is of a type the "
+            f"none of the {found:,} validated events of {plan.first_day}..{plan.last_day} is of a type the "
             f"catalogue declares ({', '.join(catalog.names)}): build with the catalogue the data was validated with"
         )
 
@@ -701,18 +722,80 @@ def _pending(
     return _Pending(rows, known_day, last_known, plan.late_days)
 
 
+def _fresh_state(
+    con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, plan: _Plan, users: _Users
+) -> _RollingState:
+    return _RollingState(catalog, users, _prior_active(con, catalog, paths, plan, users))
+
+
+def _resumed_state(
+    con: duckdb.DuckDBPyConnection,
+    catalog: EventCatalog,
+    paths: DataPaths,
+    plan: _Plan,
+    users: _Users,
+    files: checkpoints.EventFiles,
+) -> tuple[_RollingState, int] | None:
+    """The state from the newest usable checkpoint before the first day rebuilt, and its day; None if there is none
+    (a build from scratch then reads the whole look-back)."""
+    state = _RollingState(catalog, users, np.full(users.ids.size, NEVER, dtype=np.int64))
+    latest, earliest = ((day - EPOCH).days - 1 for day in (plan.first_day, plan.history_start))
+    checkpoint = checkpoints.load(paths, latest, earliest, state.layout(catalog), files)
+    if checkpoint is None or not state.restore(checkpoint, users):
+        return None
+    _refill_ring(con, catalog, paths, users, state, checkpoint.day, (plan.last_day - EPOCH).days)
+    logger.info("resuming from the rolling state of %s", EPOCH + timedelta(days=checkpoint.day))
+    return state, checkpoint.day
+
+
+def _refill_ring(
+    con: duckdb.DuckDBPyConnection,
+    catalog: EventCatalog,
+    paths: DataPaths,
+    users: _Users,
+    state: _RollingState,
+    resumed: int,
+    last: int,
+) -> None:
+    """The known-by-``resumed`` aggregates of the event days that leave a frame on the days built: the ring a build
+    from scratch would hold by then, for the days it will read from it (the others are never looked at)."""
+    built = range(resumed + 1, last + 1)
+    days = sorted({dn - frame for dn in built for frame in state.frames if dn - frame <= resumed})
+    partitions = [paths.events / _partition(Path(), day).parent for day in days]
+    globs = [str(partition / "*.parquet") for partition in partitions if partition.is_dir()]
+    if not globs:
+        return
+    bounds = {"events": globs, "first": days[0], "last": resumed, "late": 0}
+    _, rows = _query_known(con, _aggregates_sql(catalog), paths, users, state.metrics, bounds)
+    # By user within a day: a ring entry is scattered with _scatter_add, which needs its positions ascending.
+    rows = rows.take(np.lexsort((rows.index, rows.day)))
+    for day in np.unique(rows.day):
+        state.ring.setdefault(int(day), []).append(rows.take(np.flatnonzero(rows.day == day)))
+
+
 def _build(
-    con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, plan: _Plan, writer: _Writer
+    con: duckdb.DuckDBPyConnection,
+    catalog: EventCatalog,
+    paths: DataPaths,
+    plan: _Plan,
+    writer: _Writer,
+    files: checkpoints.EventFiles,
 ) -> _Snapshots:
-    """Build span by span; return what was written."""
+    """Build span by span from the newest usable checkpoint (or from scratch), writing the checkpoint the next
+    day's build resumes from; return what was written."""
     users = _load_users(con, paths)
-    state = _RollingState(catalog, users, _prior_active(con, catalog, paths, plan, users))
+    resumed = _resumed_state(con, catalog, paths, plan, users, files)
+    state, after = resumed or (_fresh_state(con, catalog, paths, plan, users), (plan.history_start - EPOCH).days - 1)
     pending = _pending(con, catalog, paths, users, plan)
     snapshots = _Snapshots(snapshot_schema(catalog), writer, paths.snapshots)
     first, last = (plan.first_day - EPOCH).days, (plan.last_day - EPOCH).days
-    for span in _spans(plan.history_start, plan.last_day, SPAN_DAYS):
+    # The next day's build rebuilds from (last + 1) - late_days: it resumes from the state of the day before.
+    save_on = last - plan.late_days
+    for span in _spans(EPOCH + timedelta(days=after + 1), plan.last_day, SPAN_DAYS):
         for dn, known in _span_known(con, catalog, paths, users, span, plan.late_days):
             state.add(dn, known)
+            if dn == save_on:
+                checkpoints.save(paths, state.checkpoint(dn, users), state.layout(catalog), files)
             if dn >= first:
                 snapshots.add(dn, _day_table(catalog, state, users, dn, pending), dn == last)
     writer.wait()
@@ -841,10 +924,12 @@ def build_features(
         try:
             _check_columns(con, _events_glob(paths), _EVENT_TYPES)
             _check_columns(con, str(paths.users), _USER_TYPES)
-            plan = _plan(*_data_days(con, paths), settings, start, end, _lookback(catalog))
+            files = checkpoints.event_files(con, paths, _day_number)
+            plan = _plan(*_data_days(files, paths), settings, start, end, _lookback(catalog))
             _check_catalogue(con, paths, catalog, plan)
             with ThreadPoolExecutor(max_workers=os.cpu_count()) as executor:
-                snapshots = _build(con, catalog, paths, plan, _Writer(executor))
+                snapshots = _build(con, catalog, paths, plan, _Writer(executor), files)
+            checkpoints.write_index(paths, files)
             accounts, changed_from = _write_accounts(con, paths)
             seq = record_build(paths, plan.first_day, plan.last_day, settings.clock(), changed_from)
             logger.info(

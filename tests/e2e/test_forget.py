@@ -15,6 +15,7 @@ import sqlite3
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -127,6 +128,8 @@ def _file_holds(path: Path, user: int) -> bool:
             return any(_is_user(row.get("user_id"), user) for row in csv.DictReader(handle))
     if path.suffix == ".json":
         return _json_holds(json.loads(path.read_text()), user)
+    if path.name == "ids.npy":  # a rolling-state checkpoint's user ids, which its per-user sums are indexed by
+        return user in np.load(path)
     if path.suffix == ".jsonl":
         return any(_json_holds(json.loads(line), user) for line in path.read_text().splitlines() if line)
     return False
@@ -177,6 +180,7 @@ def _kinds(places: set[str]) -> set[str]:
         "validated/user_history/": "account history",
         "features/user_daily_snapshots/": "snapshots",
         "features/user_account/": "account features",
+        "features/rolling_state/": "rolling state",
         "quarantine/events/": "quarantine",
         "predictions/": "prediction log",
         "scoring/": "scored features",
@@ -244,6 +248,7 @@ def test_forgotten_user_leaves_no_trace_and_stays_gone(world) -> None:
         "account history",
         "snapshots",
         "account features",
+        "rolling state",
         "quarantine",
         "prediction log",
         "scored features",
