@@ -44,6 +44,7 @@ START = date(2026, 1, 1)
 DAY_US = 86_400 * 1_000_000
 TS = pa.timestamp("us", tz="UTC")
 LATE_SHARE = 0.05
+INCREMENT_STEPS = ("validate", "build", "materialize")
 REDIS_DB = int(os.environ.get("CHURN_TEST_REDIS_DB", "11"))
 
 app = typer.Typer(add_completion=False)
@@ -173,11 +174,14 @@ def daily(data_dir: Path, project: str, days: int) -> None:
     settings = _settings(data_dir, project, day)
     started = time.perf_counter()
     report = run_daily(settings, day)
-    seconds = time.perf_counter() - started
+    total = time.perf_counter() - started
     print(
         json.dumps(
             {
-                "seconds": seconds,
+                # The increment the issue measures: the day's validate + build + materialise. The run also checks
+                # for a champion to monitor (there is none here); that and the process start are `total`.
+                "seconds": sum(report.seconds[step] for step in INCREMENT_STEPS),
+                "total": total,
                 "rss_mib": _peak_rss_mib(),
                 "rows": report.build["rows"],
                 "mode": report.materialization["mode"],
@@ -229,7 +233,8 @@ def run(
         f"{users:,} users x {days} days, {events:,} events (generated in {generated:.0f} s)\n"
         f"  full rebuild:    {rebuilt['seconds']:.1f} s ({_phases(rebuilt)}), peak RSS {rebuilt['rss_mib']:.0f} MiB, "
         f"{rebuilt['rows']:,} snapshot rows, {rebuilt['users_written']:,} users online\n"
-        f"  daily increment: {increment['seconds']:.1f} s ({_phases(increment)}), "
+        f"  daily increment: {increment['seconds']:.1f} s ({_phases(increment)}; "
+        f"run_daily {increment['total']:.1f} s), "
         f"peak RSS {increment['rss_mib']:.0f} MiB, "
         f"{increment['rows']:,} snapshot rows, materialisation {increment['mode']} "
         f"({increment['users_written']:,} users)\n"

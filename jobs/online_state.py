@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Protocol
 
 import numpy as np
+import pyarrow as pa
 import redis
 from feast import FeatureStore
 from feast.infra.key_encoding_utils import serialize_entity_key
@@ -24,10 +25,10 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from churn_common.errors import ConfigurationError, FeatureStoreUnavailable
+from churn_common.errors import ConfigurationError, FeatureStoreError, FeatureStoreUnavailable
+from churn_common.feast_plugins.engine import hmget_many
 from churn_common.names import JOIN_KEY
 
-_CHUNK = 10_000
 _INT64_BYTES = 8
 
 
@@ -94,15 +95,20 @@ class RedisState:
 
     def timestamps(self, views: Sequence[str], user_ids: np.ndarray) -> np.ndarray:
         prefix, fields = _key_prefix(), [f"_ts:{view}".encode() for view in views]
-        seconds = np.zeros((len(user_ids), len(views)), dtype=np.int64)
+        keys = pa.array(
+            [
+                prefix + user_id.to_bytes(_INT64_BYTES, "little", signed=True) + self._project
+                for user_id in user_ids.tolist()
+            ],
+            pa.large_binary(),
+        )
+        try:
+            replies = hmget_many(self._client, keys, fields)
+        except (redis.RedisError, FeatureStoreError) as exc:
+            raise FeatureStoreUnavailable(f"online store (Redis) failed: {type(exc).__name__}: {exc}") from exc
         parsed: dict[bytes | None, int] = {None: 0}
-        for start in range(0, len(user_ids), _CHUNK):
-            pipe = self._client.pipeline(transaction=False)
-            for user_id in user_ids[start : start + _CHUNK].tolist():
-                pipe.hmget(prefix + user_id.to_bytes(_INT64_BYTES, "little", signed=True) + self._project, fields)
-            for row, values in enumerate(self._call(pipe.execute), start):
-                seconds[row] = [parsed[v] if v in parsed else parsed.setdefault(v, _seconds(v)) for v in values]
-        return seconds
+        seconds = [[parsed[v] if v in parsed else parsed.setdefault(v, _seconds(v)) for v in row] for row in replies]
+        return np.array(seconds, dtype=np.int64).reshape(len(user_ids), len(views))
 
     def _call(self, method, *args):
         try:

@@ -37,7 +37,7 @@ FORMAT = 1
 KEEP = 3
 """Checkpoints kept: today's, yesterday's (a re-run of today resumes from it) and one more for a missed day."""
 INDEX = "event_files.json"
-ARRAYS = ("ids", "total", "left", "last_active")
+ARRAYS = ("ids", "total", "left", "last_active", "ring_days", "ring_index", "ring_day", "ring_metrics")
 
 
 def state_root(paths: DataPaths) -> Path:
@@ -66,6 +66,12 @@ class Checkpoint:
     total: np.ndarray
     left: np.ndarray
     last_active: np.ndarray
+    ring_days: np.ndarray
+    """The event days whose known aggregates the next day's build takes from its ring (saved even when empty)."""
+    ring_index: np.ndarray
+    ring_day: np.ndarray
+    ring_metrics: np.ndarray
+    """Those aggregates: positions in ``ids``, event day, (metric, row) sums; by day, then position."""
 
 
 def event_files(con: duckdb.DuckDBPyConnection, paths: DataPaths, day_number: Callable[[str], str]) -> EventFiles:

@@ -230,6 +230,17 @@ def _lookback(catalog: EventCatalog) -> int:
     return max(_frames(catalog))
 
 
+def _layout(catalog: EventCatalog) -> dict:
+    """What the rolling state's arrays mean: a checkpoint of another catalogue or other frames is not this state.
+    Lists: it is compared with its JSON round trip."""
+    return {
+        "metrics": _metrics(catalog),
+        "frames": _frames(catalog),
+        "types": list(catalog.names),
+        "activity": list(catalog.activity_types),
+    }
+
+
 # ------------------------------------------------------------------------------------- rolling windows
 
 
@@ -264,7 +275,7 @@ class _RollingState:
     the running total of the known ones whose event day has left that frame, so an aggregate is added once, not once
     per frame. ``ring`` keeps the known aggregates by event day until every frame has let them go."""
 
-    def __init__(self, catalog: EventCatalog, users: _Users, prior_active: np.ndarray) -> None:
+    def __init__(self, catalog: EventCatalog, users: _Users, prior_active: np.ndarray, known_from: int) -> None:
         self.frames = _frames(catalog)
         self.metrics = _metrics(catalog)
         # (metric, user): an update scatters into, and a read gathers from, one contiguous row per metric, so every
@@ -273,6 +284,10 @@ class _RollingState:
         self.left = np.zeros((len(self.frames), len(self.metrics), users.ids.size), dtype=np.int64)
         self.last_active = prior_active
         self.ring: dict[int, list[_Known]] = {}
+        # A day's ring entries hold all of its aggregates known so far when the day is not before the first day
+        # added, or when they were filled in whole (from a checkpoint, or read back).
+        self.known_from = known_from
+        self.filled: set[int] = set()
 
     def add(self, dn: int, known: _Known) -> None:
         """The aggregates that became known on day ``dn`` (their event days are ``dn`` or earlier)."""
@@ -298,29 +313,49 @@ class _RollingState:
         }
         return lambda frame: lambda metric: blocks[frame][self.metrics.index(metric)]
 
-    def layout(self, catalog: EventCatalog) -> dict:
-        """What the arrays mean: a checkpoint of another catalogue or other frames is not this state."""
-        # Lists: the layout is compared with its JSON round trip.
-        return {
-            "metrics": list(self.metrics),
-            "frames": list(self.frames),
-            "types": list(catalog.names),
-            "activity": list(catalog.activity_types),
-        }
+    def leaving_days(self, resumed: int, last: int) -> list[int]:
+        """The event days known by ``resumed`` whose aggregates leave a frame on days ``resumed + 1 .. last``: what
+        a build resuming at ``resumed`` reads from the ring (the other days in it are never looked at)."""
+        built = range(resumed + 1, last + 1)
+        return sorted({dn - frame for dn in built for frame in self.frames if dn - frame <= resumed})
 
-    def checkpoint(self, day: int, users: _Users) -> checkpoints.Checkpoint:
-        return checkpoints.Checkpoint(day, users.ids, self.total, self.left, self.last_active)
+    def checkpoint(self, day: int, users: _Users, wanted: list[int]) -> checkpoints.Checkpoint:
+        """The state after day ``day``, with the ring days of ``wanted`` it holds whole."""
+        ring_days = [d for d in wanted if d >= self.known_from or d in self.filled]
+        ring = [entry for d in ring_days for entry in self.ring.get(d, ())]
+        index = np.concatenate([e.index for e in ring]) if ring else np.zeros(0, dtype=np.int64)
+        event_day = np.concatenate([e.day for e in ring]) if ring else np.zeros(0, dtype=np.int64)
+        metrics = np.hstack([e.metrics for e in ring]) if ring else np.zeros((len(self.metrics), 0), dtype=np.int64)
+        # One entry per day, by position: a day's entries came in one per knowledge day (see _refill_ring).
+        order = np.lexsort((index, event_day))
+        return checkpoints.Checkpoint(
+            day, users.ids, self.total, self.left, self.last_active,
+            np.array(ring_days, dtype=np.int64), index[order], event_day[order], metrics[:, order],
+        )  # fmt: skip
 
     def restore(self, checkpoint: checkpoints.Checkpoint, users: _Users) -> bool:
-        """Take the checkpoint's sums (users who signed up since start from zero); False if it lacks a user's place:
-        a user it counted is no longer in the users table."""
+        """Take the checkpoint's sums and ring (users who signed up since start from zero); False if it lacks a
+        user's place: a user it counted is no longer in the users table."""
         position, known = _positions(users, checkpoint.ids)
         if not known.all():
             return False
         self.total[:, position] = checkpoint.total
         self.left[:, :, position] = checkpoint.left
         self.last_active[position] = checkpoint.last_active
+        # Both tables are sorted by id, so the positions stay ascending within a day.
+        rows = _Known(position[checkpoint.ring_index], checkpoint.ring_day, checkpoint.ring_metrics)
+        self.fill_ring(checkpoint.ring_days.tolist(), rows)
         return True
+
+    def fill_ring(self, days: list[int], rows: _Known) -> None:
+        """The ring entries of ``days`` from all their known aggregates, sorted by day, then position
+        (_scatter_add needs positions ascending)."""
+        self.filled.update(days)
+        if rows.index.size == 0:
+            return
+        bounds = np.flatnonzero(np.r_[True, np.diff(rows.day) != 0, True])
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            self.ring.setdefault(int(rows.day[lo]), []).append(rows.take(np.arange(lo, hi)))
 
 
 def _scatter_add(sums: np.ndarray, index: np.ndarray, metrics: np.ndarray) -> None:
@@ -725,7 +760,8 @@ def _pending(
 def _fresh_state(
     con: duckdb.DuckDBPyConnection, catalog: EventCatalog, paths: DataPaths, plan: _Plan, users: _Users
 ) -> _RollingState:
-    return _RollingState(catalog, users, _prior_active(con, catalog, paths, plan, users))
+    prior = _prior_active(con, catalog, paths, plan, users)
+    return _RollingState(catalog, users, prior, (plan.history_start - EPOCH).days)
 
 
 def _resumed_state(
@@ -738,12 +774,15 @@ def _resumed_state(
 ) -> tuple[_RollingState, int] | None:
     """The state from the newest usable checkpoint before the first day rebuilt, and its day; None if there is none
     (a build from scratch then reads the whole look-back)."""
-    state = _RollingState(catalog, users, np.full(users.ids.size, NEVER, dtype=np.int64))
     latest, earliest = ((day - EPOCH).days - 1 for day in (plan.first_day, plan.history_start))
-    checkpoint = checkpoints.load(paths, latest, earliest, state.layout(catalog), files)
-    if checkpoint is None or not state.restore(checkpoint, users):
+    checkpoint = checkpoints.load(paths, latest, earliest, _layout(catalog), files)
+    if checkpoint is None:
         return None
-    _refill_ring(con, catalog, paths, users, state, checkpoint.day, (plan.last_day - EPOCH).days)
+    state = _RollingState(catalog, users, np.full(users.ids.size, NEVER, dtype=np.int64), checkpoint.day + 1)
+    if not state.restore(checkpoint, users):
+        return None
+    needed = state.leaving_days(checkpoint.day, (plan.last_day - EPOCH).days)
+    _refill_ring(con, catalog, paths, users, state, checkpoint.day, sorted(set(needed) - set(checkpoint.ring_days)))
     logger.info("resuming from the rolling state of %s", EPOCH + timedelta(days=checkpoint.day))
     return state, checkpoint.day
 
@@ -755,22 +794,18 @@ def _refill_ring(
     users: _Users,
     state: _RollingState,
     resumed: int,
-    last: int,
+    days: list[int],
 ) -> None:
-    """The known-by-``resumed`` aggregates of the event days that leave a frame on the days built: the ring a build
-    from scratch would hold by then, for the days it will read from it (the others are never looked at)."""
-    built = range(resumed + 1, last + 1)
-    days = sorted({dn - frame for dn in built for frame in state.frames if dn - frame <= resumed})
+    """The known-by-``resumed`` aggregates of event ``days`` (ones the checkpoint did not keep: a build resuming
+    further back than the day after it), read from the events into the ring."""
     partitions = [paths.events / _partition(Path(), day).parent for day in days]
     globs = [str(partition / "*.parquet") for partition in partitions if partition.is_dir()]
     if not globs:
+        state.filled.update(days)  # no events on those days: nothing to hold
         return
     bounds = {"events": globs, "first": days[0], "last": resumed, "late": 0}
     _, rows = _query_known(con, _aggregates_sql(catalog), paths, users, state.metrics, bounds)
-    # By user within a day: a ring entry is scattered with _scatter_add, which needs its positions ascending.
-    rows = rows.take(np.lexsort((rows.index, rows.day)))
-    for day in np.unique(rows.day):
-        state.ring.setdefault(int(day), []).append(rows.take(np.flatnonzero(rows.day == day)))
+    state.fill_ring(days, rows.take(np.lexsort((rows.index, rows.day))))
 
 
 def _build(
@@ -795,7 +830,8 @@ def _build(
         for dn, known in _span_known(con, catalog, paths, users, span, plan.late_days):
             state.add(dn, known)
             if dn == save_on:
-                checkpoints.save(paths, state.checkpoint(dn, users), state.layout(catalog), files)
+                ring_days = state.leaving_days(dn, last + 1)
+                checkpoints.save(paths, state.checkpoint(dn, users, ring_days), _layout(catalog), files)
             if dn >= first:
                 snapshots.add(dn, _day_table(catalog, state, users, dn, pending), dn == last)
     writer.wait()

@@ -37,6 +37,7 @@ import pandas as pd
 import pyarrow as pa
 from feast import FeatureView
 from feast.data_format import ParquetFormat
+from feast.data_source import DataSource
 from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, DuckDBOfflineStoreConfig, _write_data_source
 from feast.infra.offline_stores.file_source import FileSource
 from feast.infra.offline_stores.ibis import IbisRetrievalJob, _to_utc
@@ -116,6 +117,15 @@ def _plain_parquet_view(view: object) -> bool:
         and not source.field_mapping
         and not view.projection.join_key_map
         and len(view.entity_columns) > 0
+    )
+
+
+def _plain_parquet_source(source: object) -> bool:
+    return (
+        isinstance(source, FileSource)
+        and isinstance(source.file_format, ParquetFormat)
+        and "://" not in source.path
+        and not source.field_mapping
     )
 
 
@@ -293,6 +303,75 @@ class FastDuckDBOfflineStore(DuckDBOfflineStore):
             config, feature_views, feature_refs, entity_df, registry, project, full_feature_names,
             filter_by_created_timestamp,
         )  # fmt: skip
+
+    @staticmethod
+    def pull_latest_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: datetime,
+        end_date: datetime,
+    ) -> RetrievalJob:
+        """What materialisation reads: each entity's newest row in the window. A Parquet source with a created
+        column goes through :func:`latest_rows_query` (0.2x Feast's ibis query at 200k users); anything else
+        through Feast's."""
+        if not (_plain_parquet_source(data_source) and join_key_columns and created_timestamp_column):
+            return DuckDBOfflineStore.pull_latest_from_table_or_query(
+                config, data_source, join_key_columns, feature_name_columns, timestamp_field,
+                created_timestamp_column, start_date, end_date,
+            )  # fmt: skip
+        query = latest_rows_query(
+            data_source.path,
+            join_key_columns,
+            feature_name_columns,
+            timestamp_field,
+            created_timestamp_column,
+            (start_date, end_date),
+        )
+        try:
+            table = ibis.duckdb.connect().sql(query)
+        except duckdb.IOException as exc:
+            raise DataError(f"cannot read {data_source.name} ({exc}); run `churn features build` first") from exc
+        return IbisRetrievalJob(
+            table,
+            [],
+            False,
+            metadata=None,
+            data_source_writer=_write_data_source,
+            staging_location=config.offline_store.staging_location,
+            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+            repo_path=str(config.repo_path),
+        )
+
+
+def latest_rows_query(
+    path: str,
+    keys: list[str],
+    features: list[str],
+    timestamp_field: str,
+    created_field: str,
+    window: tuple[datetime, datetime],
+) -> str:
+    """Per entity, its row with the newest event time in ``window`` (ties: the newest created time). The newest
+    (key, event, created) is picked over those three narrow columns, then the wide rows are read once for them: a
+    window function carrying every feature column through the sort costs twice as much."""
+    source = f"read_parquet({_literal(path)})"
+    within = f"{_quote(timestamp_field)} BETWEEN {_timestamp(window[0])} AND {_timestamp(window[1])}"
+    picked = [*keys, timestamp_field, created_field]
+    match = " AND ".join(f"s.{_quote(c)} = p.{_quote(c)}" for c in picked)
+    order = f"{_quote(timestamp_field)} DESC, {_quote(created_field)} DESC"
+    return f"""
+        WITH picked AS (
+            SELECT {", ".join(map(_quote, picked))} FROM {source} WHERE {within}
+            QUALIFY row_number() OVER (PARTITION BY {", ".join(map(_quote, keys))} ORDER BY {order}) = 1
+        )
+        SELECT {", ".join(f"s.{_quote(c)}" for c in [*keys, *features, timestamp_field, created_field])}
+        FROM {source} s SEMI JOIN picked p ON {match}
+        WHERE s.{within}
+    """
 
 
 def _fast_job(
