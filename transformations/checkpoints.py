@@ -33,7 +33,7 @@ from churn_common.settings import DataPaths
 logger = logging.getLogger(__name__)
 
 EPOCH = date(1970, 1, 1)
-FORMAT = 1
+FORMAT = 2
 KEEP = 3
 """Checkpoints kept: today's, yesterday's (a re-run of today resumes from it) and one more for a missed day."""
 INDEX = "event_files.json"
@@ -155,7 +155,11 @@ def load(paths: DataPaths, latest: int, earliest: int, layout: dict, files: Even
         if changed:
             logger.info("checkpoint %s not used: %s holds events known by its day", directory.name, changed)
             continue
-        arrays = {name: np.load(directory / f"{name}.npy") for name in ARRAYS}
+        try:
+            arrays = {name: np.load(directory / f"{name}.npy") for name in ARRAYS}
+        except (OSError, ValueError) as exc:  # a damaged checkpoint is no checkpoint: the build starts over
+            logger.warning("checkpoint %s not used: %s", directory.name, exc)
+            continue
         return Checkpoint(day, **arrays)
     return None
 

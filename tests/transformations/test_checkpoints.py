@@ -99,3 +99,19 @@ def test_a_user_the_checkpoint_counted_and_the_users_table_no_longer_holds_makes
     caplog.clear()
     build_features(settings, start=LAST_DAILY, end=LAST_DAILY)
     assert not _resumed(caplog)
+
+
+def test_a_damaged_checkpoint_is_not_used(settings: Settings, tmp_path, world, caplog) -> None:
+    users, events = world
+    _day_by_day(settings, users, events)
+    newest = sorted(checkpoints.state_root(settings.paths).glob("day=*"))[-1]
+    (newest / "total.npy").write_bytes(b"\x93NUMPY truncated")
+    caplog.set_level(logging.INFO, logger="transformations")
+    caplog.clear()
+    build_features(settings, start=LAST_DAILY + timedelta(days=1), end=LAST_DAILY + timedelta(days=1))
+    assert any(newest.name in r.getMessage() and "not used" in r.getMessage() for r in caplog.records)
+
+    fresh = Settings(data_dir=tmp_path / "fresh")
+    write_validated(fresh.paths, users, events)
+    build_features(fresh, end=LAST_DAILY + timedelta(days=1))
+    assert file_bytes(settings.paths.snapshots) == file_bytes(fresh.paths.snapshots)
