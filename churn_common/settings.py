@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         None, description="Key of the erasure register's hashes; unset: one generated once under data_dir/privacy"
     )
     batch_max_ids: int = 100
+    push_timeout_ms: int = Field(
+        2_000,
+        gt=0,
+        description="Bound on a push's write (POST /events), from the body's end: a later answer is a 503, after "
+        "which the push may or may not have been applied. Longer than a read's: a retried push counts twice",
+    )
     push_max_events: int = Field(
         1_000, gt=0, le=10_000, description="Most events one POST /events (or `churn push`) request may carry"
     )

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import typer
 
@@ -26,9 +25,28 @@ _TYPES = {"user_id": pa.int64(), "event_timestamp": TS_US_UTC, "event_type": pa.
 
 
 def read_events(path: Path) -> pa.Table:
-    """A Parquet file, or JSON lines (one event object a line, as POST /events takes them), as validated events."""
+    """A Parquet file of validated events' columns, or JSON lines (one event a line), read exactly as POST /events
+    reads its body."""
+    if path.suffix == ".parquet":
+        return _parquet_events(path)
+    from pydantic import ValidationError
+
+    from serving.events import event_columns
+    from serving.schemas import PushEvent
+
+    events = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                events.append(PushEvent.model_validate_json(line))
+            except ValidationError as exc:
+                raise DataError(f"{path}, line {number}: {exc.errors(include_url=False)}") from exc
+    return event_columns(events)
+
+
+def _parquet_events(path: Path) -> pa.Table:
     try:
-        table = pq.read_table(path) if path.suffix == ".parquet" else pa_json.read_json(path)
+        table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as exc:
         raise DataError(f"cannot read events from {path}: {exc}") from exc
     if "value" not in table.column_names:
@@ -36,15 +54,12 @@ def read_events(path: Path) -> pa.Table:
     missing = [name for name in EVENT_COLUMNS if name not in table.column_names]
     if missing:
         raise DataError(f"{path}: events need columns {list(EVENT_COLUMNS)}; missing {missing}")
-    return pa.table({name: _cast(table[name], kind) for name, kind in _TYPES.items()})
-
-
-def _cast(column: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
-    if kind == TS_US_UTC and pa.types.is_string(column.type):
-        return pc.cast(pc.strptime(column, format="%Y-%m-%dT%H:%M:%S%z", unit="us"), TS_US_UTC)
-    if kind == TS_US_UTC and column.type.tz is None:
-        return pc.assume_timezone(column, "UTC").cast(TS_US_UTC)  # naive times are UTC, as the gate reads them
-    return column.cast(kind)
+    stamps = table["event_timestamp"]
+    if pa.types.is_timestamp(stamps.type) and stamps.type.tz is None:  # naive times are UTC, as the gate reads them
+        table = table.set_column(
+            table.column_names.index("event_timestamp"), "event_timestamp", pc.assume_timezone(stamps, "UTC")
+        )
+    return pa.table({name: table[name].cast(kind) for name, kind in _TYPES.items()})
 
 
 def push_table(settings: Settings, catalog: EventCatalog, events: pa.Table, now: datetime) -> list[ContextRow]:

@@ -28,13 +28,17 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "value missing, out of range or not allowed, in the future, not of today), an unknown user or one whose "
         "account closed before the event: nothing of the request was written"
     },
-    503: {"model": ErrorBody, "description": "No today view registered, or the online store did not answer in time"},
+    503: {
+        "model": ErrorBody,
+        "description": "No today view registered, or the online store did not answer within the push timeout (the "
+        "push may then have been applied: retrying it may count its events twice)",
+    },
 }
 _PUSHED = "pushed"  # the audit record's outcome per user
 
 
-def events_table(events: list[PushEvent], now: datetime) -> pa.Table:
-    """The request's events as the validation gate would have them, ingested now."""
+def event_columns(events: list[PushEvent]) -> pa.Table:
+    """Pushed events as the validation gate's columns (`churn push` reads JSON lines through this too)."""
     stamps = [_utc(event.event_timestamp) for event in events]
     return pa.table(
         {
@@ -42,9 +46,13 @@ def events_table(events: list[PushEvent], now: datetime) -> pa.Table:
             "event_timestamp": pa.array(stamps, TS_US_UTC),
             "event_type": pa.array([event.event_type for event in events], pa.string()),
             "value": pa.array([event.value for event in events], pa.float64()),
-            "ingested_at": pa.array([now] * len(events), TS_US_UTC),
         }
     )
+
+
+def events_table(events: list[PushEvent], now: datetime) -> pa.Table:
+    """The request's events as the validation gate would have them, ingested now."""
+    return event_columns(events).append_column("ingested_at", pa.array([now] * len(events), TS_US_UTC))
 
 
 def _utc(moment: datetime) -> datetime:
@@ -62,7 +70,9 @@ def _pusher(state: ServingState) -> Pusher:
 
 async def push_events(request: Request, body: PushRequest, state: StateDep, settings: SettingsDep) -> PushResponse:
     """Add today's events to each user's today row online; the rows written come back."""
-    deadline = state.loop.time() + state.online_timeout_s
+    # From the body's end, with its own bound: a push that timed out may still have been applied, and a client
+    # retrying it counts its events twice, so it gets more time than a read.
+    deadline = state.loop.time() + settings.push_timeout_ms / 1000
     users = sorted({event.user_id for event in body.events})
     request.scope[AUDIT_FACTS] = (users, None, None)
     if len(body.events) > settings.push_max_events:

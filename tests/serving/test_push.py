@@ -7,6 +7,7 @@ Time is the settings clock (CHURN_NOW): noon of the world's day, so "today" is t
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import redis
 from feast.data_source import PushMode
@@ -176,7 +178,8 @@ def test_concurrent_pushes_for_one_user_all_count(world: World, api: httpx.Clien
         return httpx.post(f"{base}/events", json=body, timeout=30).status_code
 
     with ThreadPoolExecutor(16) as pool:
-        assert set(pool.map(push, bodies)) == {200}
+        statuses = list(pool.map(push, bodies))
+    assert set(statuses) == {200}, Counter(statuses)
     today = api.get("/predict", params={"user_id": user}).json()["today"]
     assert today["events"][kind] == pushes and today["events"][valued] == pushes
     assert today["values"][valued] == pushes * 0.5
@@ -307,6 +310,9 @@ def test_churn_push_takes_json_lines_and_adds_beside_the_api(
     ]
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines))
+    parquet = tmp_path / "events.parquet"
+    pq.write_table(read_events(path), parquet)
+    assert read_events(parquet).equals(read_events(path))
     [row] = push_table(at_noon, CATALOG, read_events(path), at_noon.clock())
     today = api.get("/predict", params={"user_id": user}).json()["today"]
     assert today["events"][kind] == 3 and today["values"][valued] == 2.5
