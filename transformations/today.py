@@ -240,7 +240,12 @@ _EVENT_TYPES = {
 def build_today_table(settings: Settings, day: date) -> TodaySummary:
     """Write ``features/user_activity_today/date=D/part-0.parquet`` from the validated events of day D (every batch,
     late arrivals included), replacing the day's file atomically; a day without events gets an empty file, so the
-    source always reads. Re-running a day over the same validated events writes the same rows."""
+    source always reads. Re-running a day over the same validated events writes the same rows.
+
+    The nightly pipeline calls it after validation for every event day the run's batches touched: the day it
+    validated and each earlier day late events of its drop landed in (at most ``late_data_days`` back), e.g.
+    ``for day in days_touched: build_today_table(settings, day)``. Materialisation does not need it (the push path
+    fills the online side); training and the parity with the online rows do."""
     catalog = settings.event_catalog()
     events = _validated_events(settings, day)
     rows = with_values(today_rows(events, catalog), catalog)
