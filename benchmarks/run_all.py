@@ -16,6 +16,7 @@ QUICK = {
     "bench_training": ["--rows", "100000"],
     "bench_scoring": ["run", "--users", "20000"],
     "bench_serving": ["--seconds", "5", "--rounds", "1"],
+    "bench_push": ["--pushes", "200"],
 }
 FULL = {
     "bench_features": ["run", "--users", "10000", "--users", "100000"],
@@ -25,6 +26,7 @@ FULL = {
     "bench_training": ["--rows", "1000000"],
     "bench_scoring": ["run"],
     "bench_serving": [],
+    "bench_push": ["--pushes", "1000"],
 }
 
 

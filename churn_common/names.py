@@ -8,6 +8,10 @@ JOIN_KEY = "user_id"
 
 SNAPSHOT_TABLE = "user_daily_snapshots"
 ACCOUNT_TABLE = "user_account"
+# Today's activity per user: the push path writes it online as events arrive, the nightly build writes the same rows
+# offline (transformations.today). Not an input of any model.
+TODAY_TABLE = "user_activity_today"
+TODAY_PUSH_SOURCE = "user_activity_today_push"
 TIMESTAMP_FIELD = "event_timestamp"
 CREATED_TIMESTAMP_FIELD = "created"
 VALID_FROM_FIELD = "valid_from"

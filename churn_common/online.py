@@ -7,14 +7,24 @@ Feast's Python online path returns whatever the online store holds, however old 
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from feast import FeatureService, FeatureStore
+from feast import FeatureService, FeatureStore, FeatureView
 
 from churn_common.feature_frame import ServiceSchema, service_schema
 from churn_common.names import JOIN_KEY
+
+
+@dataclass(frozen=True)
+class ContextRow:
+    """A view read beside the service's, for people rather than the model (today's activity): its features by name
+    (None where the user has no row) and the row's event time (None without one). No ttl rule: its reader decides
+    what the row means at ``now`` (serving.today)."""
+
+    values: dict[str, Any]
+    as_of: datetime | None
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,8 @@ class OnlineVector:
     history, which holds until it changes, says nothing about how recent the features are); None without any."""
     stale_views: tuple[str, ...]
     missing_views: tuple[str, ...]
+    context: ContextRow | None = None
+    """The context view's row (today's activity), when the reader reads one; never a model input."""
 
     @property
     def usable(self) -> bool:
@@ -43,9 +55,11 @@ def is_fresh(event_time: datetime, ttl: timedelta | None, now: datetime) -> bool
 class OnlineReader:
     """Reads one FeatureService online. Resolves views and ttls once, not per request."""
 
-    def __init__(self, store: FeatureStore, service: FeatureService) -> None:
+    def __init__(self, store: FeatureStore, service: FeatureService, context: FeatureView | None = None) -> None:
         self.store = store
         self.service = service
+        # Read beside the service in a second call: Feast applies a service's projections to every ref it is given.
+        self.context_refs = [f"{context.name}:{f.name}" for f in context.features] if context else []
         self.schema: ServiceSchema = service_schema(service)
         self.ttl = {p.name_to_use(): store.get_feature_view(p.name).ttl for p in service.feature_view_projections}
         self.features_by_view: dict[str, list[str]] = {}
@@ -59,7 +73,23 @@ class OnlineReader:
             entity_rows=[{JOIN_KEY: int(u)} for u in user_ids],
             full_feature_names=True,
         ).to_dict(include_event_timestamps=True)
-        return [self._vector(response, row, int(user_id), now) for row, user_id in enumerate(user_ids)]
+        vectors = [self._vector(response, row, int(user_id), now) for row, user_id in enumerate(user_ids)]
+        if not self.context_refs:
+            return vectors
+        rows = self._context_rows(user_ids)
+        return [replace(vector, context=row) for vector, row in zip(vectors, rows, strict=True)]
+
+    def _context_rows(self, user_ids: Sequence[int]) -> list[ContextRow]:
+        response = self.store.get_online_features(
+            features=self.context_refs, entity_rows=[{JOIN_KEY: int(u)} for u in user_ids]
+        ).to_dict(include_event_timestamps=True)
+        names = [ref.split(":", 1)[1] for ref in self.context_refs]
+        rows = []
+        for row in range(len(user_ids)):
+            seconds = response[f"{names[0]}__ts"][row]
+            as_of = datetime.fromtimestamp(seconds, UTC) if seconds else None
+            rows.append(ContextRow({name: response[name][row] for name in names}, as_of))
+        return rows
 
     def _vector(self, response: dict[str, list], row: int, user_id: int, now: datetime) -> OnlineVector:
         features: dict[str, Any] = {}

@@ -12,6 +12,7 @@ from pydantic import Field, PositiveFloat, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from churn_common.catalog import EventCatalog, Label, load_catalog
+from churn_common.names import TODAY_TABLE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +36,7 @@ class DataPaths:
         self.reports = root / "reports"
         self.features = root / "features"
         self.snapshots = self.features / "user_daily_snapshots"
+        self.today = self.features / TODAY_TABLE
         self.builds = self.features / "builds"
         self.feast = root / "feast"
         self.models = root / "models"
@@ -134,6 +136,15 @@ class Settings(BaseSettings):
         None, description="Key of the erasure register's hashes; unset: one generated once under data_dir/privacy"
     )
     batch_max_ids: int = 100
+    push_timeout_ms: int = Field(
+        2_000,
+        gt=0,
+        description="Bound on a push's write (POST /events), from the body's end: a later answer is a 503, after "
+        "which the push may or may not have been applied. Longer than a read's: a retried push counts twice",
+    )
+    push_max_events: int = Field(
+        1_000, gt=0, le=10_000, description="Most events one POST /events (or `churn push`) request may carry"
+    )
     online_timeout_ms: int = Field(
         200, gt=0, description="Bound on a request's online read, from its arrival: a later answer is a 503"
     )

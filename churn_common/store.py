@@ -23,6 +23,7 @@ from feast.repo_contents import RepoContents
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
 from churn_common.errors import ConfigurationError, FeatureServiceNotFound
+from churn_common.names import TODAY_TABLE
 from churn_common.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -210,13 +211,22 @@ def _report_unbuilt_sources(contents: RepoContents) -> None:
     """Feast's own source check stats a FileSource's path as one file, so our glob paths always read as missing:
     a warning per view on every apply, built or not. This one expands the glob and says plainly what is not built."""
     for source in contents.data_sources:
-        if isinstance(source, FileSource) and not glob.glob(source.path):
+        if not isinstance(source, FileSource) or glob.glob(source.path):
+            continue
+        if source.name == TODAY_TABLE:  # the offline side of a pushed view: nothing online waits for it
             logger.info(
-                "no files yet for source %s (%s): `churn features build` writes them; training and materialisation "
-                "need them",
+                "no files yet for source %s (%s): the nightly build writes them (`churn features today`); the push "
+                "path fills the online side meanwhile",
                 source.name,
                 source.path,
             )
+            continue
+        logger.info(
+            "no files yet for source %s (%s): `churn features build` writes them; training and materialisation "
+            "need them",
+            source.name,
+            source.path,
+        )
 
 
 def apply_repo(settings: Settings) -> FeatureStore:

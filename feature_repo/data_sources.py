@@ -1,9 +1,17 @@
 import logging
 
-from feast import FileSource
+from feast import FileSource, PushSource
 from feast.data_format import ParquetFormat
 
-from churn_common.names import ACCOUNT_TABLE, CREATED_TIMESTAMP_FIELD, SNAPSHOT_TABLE, TIMESTAMP_FIELD, VALID_FROM_FIELD
+from churn_common.names import (
+    ACCOUNT_TABLE,
+    CREATED_TIMESTAMP_FIELD,
+    SNAPSHOT_TABLE,
+    TIMESTAMP_FIELD,
+    TODAY_PUSH_SOURCE,
+    TODAY_TABLE,
+    VALID_FROM_FIELD,
+)
 from churn_common.settings import Settings
 
 
@@ -40,5 +48,25 @@ user_account = FileSource(
     timestamp_field=VALID_FROM_FIELD,
     created_timestamp_column=CREATED_TIMESTAMP_FIELD,
     description="The account's attributes and status, one row per change, valid from `valid_from` on.",
+    owner="ml-platform@example.com",
+)
+
+# Today's activity: the nightly build writes each day's rows here (transformations.today.build_today_table) ...
+user_activity_today_table = FileSource(
+    name=TODAY_TABLE,
+    path=str(_features / TODAY_TABLE / "*" / "*.parquet"),
+    file_format=ParquetFormat(),
+    timestamp_field=TIMESTAMP_FIELD,
+    created_timestamp_column=CREATED_TIMESTAMP_FIELD,
+    description="One row per customer and UTC day with events: counts and value sums of that day's events, as of "
+    "its newest event.",
+    owner="ml-platform@example.com",
+)
+
+# ... and the push path (POST /events, `churn push`) writes the same rows online as the day's events arrive.
+user_activity_today_push = PushSource(
+    name=TODAY_PUSH_SOURCE,
+    batch_source=user_activity_today_table,
+    description="Today's activity rows as events arrive, accumulated per user and day (serving.push).",
     owner="ml-platform@example.com",
 )

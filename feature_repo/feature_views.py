@@ -3,15 +3,16 @@ view per window of the catalogue's engagement measures, one of recency, tenure a
 
 from datetime import timedelta
 
-from data_sources import user_account, user_daily_snapshots
+from data_sources import user_account, user_activity_today_push, user_daily_snapshots
 from entities import user
 from feast import FeatureView, Field
-from feast.types import Float64, Int64, String
+from feast.types import Bool, Float64, Int64, String
 
 from churn_common.catalog import feature_descriptions
-from churn_common.names import ACCOUNT_STATUS, RECENCY, TENURE, trend_column
+from churn_common.names import ACCOUNT_STATUS, RECENCY, TENURE, TODAY_TABLE, trend_column
 from churn_common.settings import Settings
 from transformations.snapshot_schema import integer_stems
+from transformations.today import today_fields, today_tags
 
 OWNER = "ml-platform@example.com"
 CATALOG = Settings().event_catalog()
@@ -19,6 +20,8 @@ CATALOG = Settings().event_catalog()
 # Snapshots are built daily; a value may be one build late before it is treated as missing. The same ttl
 # governs the offline point-in-time join and (through churn_common.online) online reads.
 SNAPSHOT_TTL = timedelta(days=2)
+# A today row speaks for the UTC day of its newest event only; the ttl bounds how far back a point-in-time read looks.
+TODAY_TTL = timedelta(days=1)
 
 _INTEGERS = integer_stems(CATALOG)
 _TEXTS = feature_descriptions(CATALOG)
@@ -86,4 +89,25 @@ user_account = FeatureView(
     description="Account attributes and status, valid from each change on.",
     owner=OWNER,
     tags={"grain": "user-change", "window": "point", "team": "retention"},
+)
+
+_TODAY_TYPES = {"count": Int64, "value": Float64, "flag": Bool}
+
+# Fed by a PushSource: online by the push path as the day's events arrive, offline by the nightly build from the same
+# validated events with the same computation (transformations.today). Context for people and tools reading
+# /predict, not a model input: no FeatureService of a model reads it, so the models' trained inputs are unchanged.
+user_activity_today = FeatureView(
+    name=TODAY_TABLE,
+    entities=[user],
+    ttl=TODAY_TTL,
+    # Each field says what it measures of which event type: serving reads the view's definition to present it.
+    schema=[
+        Field(name=f.name, dtype=_TODAY_TYPES[f.kind], description=f.description, tags=today_tags(f))
+        for f in today_fields(CATALOG)
+    ],
+    source=user_activity_today_push,
+    online=False,
+    description="Today's events per type and their value sums, as of the newest event (UTC day); pushed online.",
+    owner=OWNER,
+    tags={"grain": "user-day", "window": "today", "team": "retention", "feed": "push"},
 )

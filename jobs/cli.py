@@ -17,6 +17,7 @@ from jobs import (
     monitor_commands,
     pipeline_commands,
     privacy_commands,
+    push_commands,
     serve_commands,
 )
 
@@ -30,6 +31,7 @@ model_commands.register_top_level(app)
 serve_commands.register_top_level(app)
 monitor_commands.register_top_level(app)
 privacy_commands.register_top_level(app)
+push_commands.register(features_app=feature_commands.app, root=app)
 app.command("demo")(demo.demo_command)
 
 

@@ -1,13 +1,14 @@
 """``churn pipeline daily``: the job a CronJob runs once a day, after the day's raw drop has landed.
 
 For day D it validates D's drop (``raw/events/date=D``) and every earlier drop no run has validated yet (a missed
-day), builds the features of those days plus the late-data window before them, and brings the online store up to
-that build. Once there is a champion it then watches itself: batch scoring, drift, performance, the retraining
-decision (which may train and promote a challenger) and the day's HTML report, each pushing its metrics. Each step
-also runs alone (``churn data validate``, ``churn features build``, ``churn materialize``, ``churn score``, ``churn
-monitor drift|performance|report``, ``churn retrain``). The success metric is written last. A
-failing step stops the chain with its message and a non-zero exit; the outputs of earlier steps stay as they are
-(each writes atomically), so the next run starts from them.
+day), builds the features of those days plus the late-data window before them, rewrites the offline side of the
+today view for every event day those drops touched (the push path fills its online side during the day), and brings
+the online store up to that build. Once there is a champion it then watches itself: batch scoring, drift,
+performance, the retraining decision (which may train and promote a challenger) and the day's HTML report, each
+pushing its metrics. Each step also runs alone (``churn data validate``, ``churn features build``, ``churn features
+today``, ``churn materialize``, ``churn score``, ``churn monitor drift|performance|report``, ``churn retrain``). The
+success metric is written last. A failing step stops the chain with its message and a non-zero exit; the outputs of
+earlier steps stay as they are (each writes atomically), so the next run starts from them.
 
 The drops are validated in one gate run as of the settings clock (``CHURN_NOW`` in a simulation), against the
 accounts export as it is then (``raw/users.parquet``, replaced by each day's export). Re-running a day with the same
@@ -31,6 +32,7 @@ from churn_common.settings import Settings
 from jobs.materialize import MaterializationReport, export_metrics, materialize
 from monitoring.metrics import ChampionPerformance, export_monitoring, export_pipeline_success
 from transformations.features import BuildSummary, build_features
+from transformations.today import TodaySummary, build_today_table
 from transformations.validation import ValidationReport, validate
 
 if TYPE_CHECKING:
@@ -48,6 +50,8 @@ class DailyReport:
     validated: list[str] = field(default_factory=list)
     validation: dict[str, Any] | None = None
     build: dict[str, Any] | None = None
+    today: list[dict[str, Any]] = field(default_factory=list)
+    """The today tables rewritten: one per event day the validated drops touched."""
     materialization: dict[str, Any] | None = None
     scoring: dict[str, Any] | None = None
     drift: dict[str, Any] | None = None
@@ -65,6 +69,7 @@ class DailyReport:
             "validated": self.validated,
             "validation": self.validation,
             "build": self.build,
+            "today": self.today,
             "materialization": self.materialization,
             "scoring": self.scoring,
             "drift": self.drift,
@@ -128,6 +133,20 @@ def _summary(build: BuildSummary) -> dict[str, Any]:
     }
 
 
+def days_touched(settings: Settings, drops: list[date]) -> list[date]:
+    """The event days holding a batch of these drops: each drop's own day and the earlier days its late events
+    belong to."""
+    batches = {f"batch={drop.isoformat()}.parquet" for drop in drops}
+    partitions = {
+        path.parent.name for path in settings.paths.events.glob("date=*/batch=*.parquet") if path.name in batches
+    }
+    return sorted(date.fromisoformat(name.removeprefix("date=")) for name in partitions)
+
+
+def _today(summary: TodaySummary) -> dict[str, Any]:
+    return {"day": summary.day.isoformat(), "rows": summary.rows, "events": summary.events}
+
+
 def run_daily(settings: Settings, day: date | None = None) -> DailyReport:
     """Validate -> build -> materialise for ``day`` (default: yesterday by the settings clock), then, once there is
     a champion, score -> drift -> performance -> retrain decision -> the day's report; the pipeline's success metric
@@ -140,6 +159,8 @@ def run_daily(settings: Settings, day: date | None = None) -> DailyReport:
     report.validated = [drop.isoformat() for drop in drops]
     with _step(report, "build"):
         report.build = _summary(build_features(settings, start=min(drops), end=day))
+    with _step(report, "today"):
+        report.today = [_today(build_today_table(settings, touched)) for touched in days_touched(settings, drops)]
     with _step(report, "materialize"):
         materialization: MaterializationReport = materialize(settings)
         export_metrics(materialization, settings.paths.metrics / "materialize.prom", settings.pushgateway_url)

@@ -19,6 +19,7 @@ from churn_common.store import feature_store
 from serving.auth import load_tokens
 from serving.console import add_console
 from serving.docs import add_docs
+from serving.events import add_event_routes
 from serving.features import FeatureReader, make_reader, redis_pipe
 from serving.gateway import Gateway
 from serving.metrics import MetricsMiddleware, ServingMetrics
@@ -31,6 +32,7 @@ from serving.model_loader import (
     refresh_champion,
 )
 from serving.prediction_log import PredictionLog, keep_flushing
+from serving.push import make_pusher
 from serving.query import openapi_with_validation_errors, validation_failed
 from serving.redaction import Redactor, redactor_for
 from serving.routes import add_routes
@@ -61,8 +63,9 @@ def _build_state(settings: Settings, metrics: ServingMetrics, score_cache_size: 
     log = PredictionLog(settings.prediction_log_root, settings.prediction_log_share, metrics)
     loop = asyncio.get_running_loop()
     holder = ChampionHolder()
+    pusher = make_pusher(store, pipe, settings.event_catalog(), timeout_s)
     return ServingState(
-        settings, metrics, store, pipe, loader, holder, slots, settings.clock, log, loop, timeout_s, redact
+        settings, metrics, store, pipe, loader, holder, slots, settings.clock, log, loop, timeout_s, redact, pusher
     )
 
 
@@ -139,6 +142,7 @@ def create_app(settings: Settings | None = None, *, score_cache_size: int = SCOR
     # Only configured tokens make the OpenAPI document declare auth, so it never advertises auth it lacks.
     add_routes(app, bearer=tokens is not None)
     add_console(app, bearer=tokens is not None)
+    add_event_routes(app, bearer=tokens is not None)
     add_docs(app)
     app.openapi = openapi_with_validation_errors(app, bearer=tokens is not None)
     return app

@@ -57,8 +57,9 @@ async def console_user(request: Request) -> ConsoleUser:
     activity = await asyncio.to_thread(
         read_activity, state.settings.paths, catalog, found.vector.user_id, found.now, ACTIVITY_DAYS
     )
+    body = prediction_body(champion, found.vector, found.status, found.scored, found.now)
     return ConsoleUser(
-        prediction=Prediction.model_validate(prediction_body(champion, found.vector, found.status, found.scored)),
+        prediction=Prediction.model_validate(body),
         reasons=reasons,
         now=found.now,
         features_age_seconds=None if as_of is None else (found.now - as_of).total_seconds(),

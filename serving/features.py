@@ -21,7 +21,8 @@ from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 import hiredis
-from feast import FeatureService, FeatureStore
+from feast import FeatureService, FeatureStore, FeatureView
+from feast.errors import FeatureViewNotFoundException
 from feast.infra.key_encoding_utils import serialize_entity_key_prefix
 from feast.infra.online_stores.helpers import _mmh3
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
@@ -31,8 +32,8 @@ from feast.protos.feast.types.Value_pb2 import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from churn_common.errors import ConfigurationError, FeatureStoreUnavailable
-from churn_common.names import JOIN_KEY
-from churn_common.online import OnlineReader, OnlineVector, is_fresh
+from churn_common.names import JOIN_KEY, TODAY_TABLE
+from churn_common.online import ContextRow, OnlineReader, OnlineVector, is_fresh
 from serving.redis_pipe import RedisAddress, RedisPipe
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,12 @@ def _decode_timestamp(raw: bytes) -> datetime:
 _ABSENT = {None: None, b"": None}
 
 
+def user_key_prefix() -> bytes:
+    """What every user's hash key starts with (the serialised ``user_id`` key up to its value); then the id as 8
+    little-endian bytes and the project name."""
+    return serialize_entity_key_prefix([JOIN_KEY]) + _INT64_VALUE_HEADER
+
+
 class _Decoded(dict):
     """What Redis returned -> its parsed form, parsed once per distinct reply (a ValueProto, a Timestamp, a row of
     timestamps).
@@ -136,17 +143,24 @@ class _Stamps:
 class RedisFeatureReader:
     """Reads the hashes Feast's Redis online store writes: key = serialized entity key + project."""
 
-    def __init__(self, pipe: RedisPipe | None, project: str, views: tuple[ViewPlan, ...]):
+    def __init__(
+        self, pipe: RedisPipe | None, project: str, views: tuple[ViewPlan, ...], context: ViewPlan | None = None
+    ):
         self._pipe = pipe
         self._project = project.encode()
         self._views = views
         self._names = tuple(name for view in views for name in view.features)
-        # Every view's value fields in service order, then every view's timestamp: a row splits in two slices.
+        # Every view's value fields in service order, then every view's timestamp: a row splits in two slices. The
+        # context view's fields (today's activity) come last, in the same HMGET: the same hash, no extra round trip.
         fields = [field for view in views for field in view.value_fields()] + [view.ts_field for view in views]
+        self._stamps_end = len(fields)
+        self._context = context
+        if context is not None:
+            fields += [*context.value_fields(), context.ts_field]
         # HMGET <key> <fields...>: everything but the key is the same for every user, so it is packed once.
         self._hmget_head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
         self._hmget_tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
-        self._key_prefix = serialize_entity_key_prefix([JOIN_KEY]) + _INT64_VALUE_HEADER
+        self._key_prefix = user_key_prefix()
         self._values = _Decoded(partial(_decode_value, message=ValueProto()))
         self._stamps = _Decoded(_decode_timestamp)
         # Users materialised together share their row of timestamps: its parse and freshness window are kept.
@@ -181,20 +195,28 @@ class RedisFeatureReader:
         until = min(time + view.ttl if view.ttl else _NEVER for time, view in zip(times, self._views, strict=True))
         return _Stamps(times, as_of, (max(known), until))
 
+    def _context_row(self, row: list[bytes | None]) -> ContextRow | None:
+        if self._context is None:
+            return None
+        raw = row[self._stamps_end :]
+        values = dict(zip(self._context.features, map(self._values.__getitem__, raw), strict=False))
+        return ContextRow(values, self._stamps[raw[-1]])
+
     def _vector(self, user_id: int, row: list[bytes | None], now: datetime) -> OnlineVector:
-        stamps = self._stamp_rows[tuple(row[len(self._names) :])]
+        stamps = self._stamp_rows[tuple(row[len(self._names) : self._stamps_end])]
         # Not strict: the zip stops at the last name, before the row's timestamps.
         features = dict(zip(self._names, map(self._values.__getitem__, row), strict=False))
+        context = self._context_row(row)
         window = stamps.all_fresh
         if window is not None and window[0] <= now <= window[1]:
-            return OnlineVector(user_id, features, stamps.as_of, (), ())
+            return OnlineVector(user_id, features, stamps.as_of, (), (), context)
         stale, missing = [], []
         for view, event_time in zip(self._views, stamps.times, strict=True):
             if event_time is not None and is_fresh(event_time, view.ttl, now):
                 continue
             (missing if event_time is None else stale).append(view.label)
             features.update(dict.fromkeys(view.features))
-        return OnlineVector(user_id, features, stamps.as_of, tuple(stale), tuple(missing))
+        return OnlineVector(user_id, features, stamps.as_of, tuple(stale), tuple(missing), context)
 
     async def newest_timestamp(self) -> datetime | None:
         """Newest snapshot time among a bounded sample of this project's keys."""
@@ -222,10 +244,12 @@ class RedisFeatureReader:
 class FeastFeatureReader:
     """Any online store, through Feast (run in a worker thread, bounded by the same timeout)."""
 
-    def __init__(self, store: FeatureStore, service: FeatureService, timeout_s: float):
+    def __init__(
+        self, store: FeatureStore, service: FeatureService, timeout_s: float, context: FeatureView | None = None
+    ):
         self._store = store
         self._service = service
-        self._reader = OnlineReader(store, service)
+        self._reader = OnlineReader(store, service, context)
         self._timeout_s = timeout_s
         # Feast's first read loads the registry and opens the store: paid here, not within a request's timeout. Its
         # answer is dropped, so the instant the ttl rule is applied at does not matter.
@@ -292,9 +316,20 @@ def redis_pipe(store: FeatureStore, timeout_s: float) -> RedisPipe | None:
     return RedisPipe(RedisAddress.from_options(nodes[0]["host"], nodes[0]["port"], options), timeout_s)
 
 
+def context_view(store: FeatureStore) -> FeatureView | None:
+    """The view read beside every service for people (today's activity); None in a registry from before it."""
+    try:
+        return store.get_feature_view(TODAY_TABLE)
+    except FeatureViewNotFoundException:
+        return None
+
+
 def make_reader(
     store: FeatureStore, service: FeatureService, pipe: RedisPipe | None, timeout_s: float
 ) -> FeatureReader:
+    context = context_view(store)
     if pipe is None:
-        return FeastFeatureReader(store, service, timeout_s)
-    return RedisFeatureReader(pipe, store.project, plan_views(store, service))
+        return FeastFeatureReader(store, service, timeout_s, context)
+    features = () if context is None else tuple(field.name for field in context.features)
+    plan = None if context is None else ViewPlan(context.name, context.name, None, features)
+    return RedisFeatureReader(pipe, store.project, plan_views(store, service), plan)

@@ -32,8 +32,9 @@ from serving.auth import Tokens, Unauthorized
 from serving.logs import AUDIT_LOGGER, REQUEST_ID
 
 CONSOLE_USER_PATH, CONSOLE_HIGH_RISK_PATH = "/console/api/user", "/console/api/high-risk"
-# The prediction endpoints and the support console's reads (its page and assets hold no data).
-GUARDED_PATHS = frozenset({"/predict", "/predict/batch", CONSOLE_USER_PATH, CONSOLE_HIGH_RISK_PATH})
+EVENTS_PATH = "/events"
+# The prediction endpoints, the push path and the support console's reads (its page and assets hold no data).
+GUARDED_PATHS = frozenset({"/predict", "/predict/batch", EVENTS_PATH, CONSOLE_USER_PATH, CONSOLE_HIGH_RISK_PATH})
 # Scope key under which a prediction route leaves (user ids, model version, outcomes) for the audit record.
 AUDIT_FACTS = "churn.audit"
 _CLIENT_REQUEST_ID = re.compile(rb"[!-~]{1,128}")

@@ -25,10 +25,11 @@ from churn_common.model import ChurnModel
 from churn_common.names import CHAMPION_ALIAS
 from churn_common.population import PopulationRule, Status
 from churn_common.store import get_feature_service
-from serving.features import FeatureReader
+from serving.features import FeatureReader, context_view
 from serving.metrics import ServingMetrics
 from serving.redaction import Redactor, uri_password
 from serving.scoring import BatchScorer, scorer_for
+from serving.today import TodayPresenter
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class Champion:
     scores: ScoreCache
     scorer: BatchScorer
     rule: PopulationRule  # who is scored; the service provides the features it reads
+    today: TodayPresenter | None = None  # today's activity beside the answer; None without a today view
 
     @cached_property
     def unscored_detail(self) -> dict[Status, str]:
@@ -153,6 +155,7 @@ class ChampionLoader:
             scores,
             scorer,
             self._rule,
+            TodayPresenter.of(context_view(self._store)),
         )
 
     def _check_service(

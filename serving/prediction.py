@@ -68,7 +68,7 @@ async def score(champion: Champion, vectors: Sequence[OnlineVector]) -> list[Sco
 
 
 def prediction_body(
-    champion: Champion, vector: OnlineVector, user_status: Status, scored: Scored | None
+    champion: Champion, vector: OnlineVector, user_status: Status, scored: Scored | None, now: datetime
 ) -> dict[str, Any]:
     """A Prediction's fields as plain data: ``scored`` for a scored user, None for a closed or inactive one. /predict
     serialises them with pydantic-core directly: building and validating the model first doubled the cost of the
@@ -78,7 +78,7 @@ def prediction_body(
         outcome = {"churn_probability": None, "risk_band": None, "reasons": (), "detail": detail}
     else:
         outcome = {"churn_probability": scored.probability, "risk_band": scored.band, "reasons": scored.reasons}
-    return {
+    body = {
         "user_id": vector.user_id,
         "status": user_status,
         **outcome,
@@ -86,10 +86,15 @@ def prediction_body(
         "features_as_of": vector.as_of,
         "feature_service": champion.feature_service,
     }
+    if champion.today is not None:
+        body["today"] = champion.today.body(vector.context, now)
+    return body
 
 
-def prediction_json(champion: Champion, vector: OnlineVector, user_status: Status, scored: Scored | None) -> bytes:
-    return to_json(prediction_body(champion, vector, user_status, scored))
+def prediction_json(
+    champion: Champion, vector: OnlineVector, user_status: Status, scored: Scored | None, now: datetime
+) -> bytes:
+    return to_json(prediction_body(champion, vector, user_status, scored, now))
 
 
 def error_entry(user_id: int, exc: HTTPException) -> PredictionError:

@@ -111,7 +111,8 @@ async def look_up(request: Request) -> tuple[Champion, Lookup]:
 
 async def predict(request: Request) -> Response:
     champion, found = await look_up(request)
-    return Response(prediction_json(champion, found.vector, found.status, found.scored), media_type="application/json")
+    body = prediction_json(champion, found.vector, found.status, found.scored, found.now)
+    return Response(body, media_type="application/json")
 
 
 async def predict_batch(
@@ -165,15 +166,17 @@ async def _batch_answers(
         if user_status is Status.SCORED:
             scorable.append(vector)
         else:
-            answers[user_id] = user_status, _entry(champion, vector, user_status, None)
+            answers[user_id] = user_status, _entry(champion, vector, user_status, None, now)
     for vector, result in zip(scorable, await score(champion, scorable), strict=True):
-        answers[vector.user_id] = Status.SCORED, _entry(champion, vector, Status.SCORED, result)
+        answers[vector.user_id] = Status.SCORED, _entry(champion, vector, Status.SCORED, result, now)
         log.record(champion, vector, result, now)
     return answers
 
 
-def _entry(champion: Champion, vector: OnlineVector, user_status: Status, scored: Scored | None) -> Prediction:
-    return Prediction.model_validate(prediction_body(champion, vector, user_status, scored))
+def _entry(
+    champion: Champion, vector: OnlineVector, user_status: Status, scored: Scored | None, now: datetime
+) -> Prediction:
+    return Prediction.model_validate(prediction_body(champion, vector, user_status, scored, now))
 
 
 async def health() -> Health:

@@ -1,7 +1,7 @@
 """Request and response bodies of the serving API."""
 
-from datetime import datetime
-from typing import Literal
+from datetime import date, datetime
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StrictInt
 
@@ -28,6 +28,17 @@ class ModelRef(BaseModel):
 Answered = Literal[Status.SCORED, Status.CLOSED, Status.INACTIVE]
 
 
+class Today(BaseModel):
+    """The user's events so far today (UTC day of the service clock), as the push path keeps them online. Context for
+    people: the model does not read it."""
+
+    day: date = Field(description="The day counted: today by the service clock")
+    as_of: datetime | None = Field(description="Time of the newest event counted; null: no event yet today")
+    active: bool = Field(description="Whether any event today was an activity event")
+    events: dict[str, int] = Field(description="Events so far today per event type of the catalogue")
+    values: dict[str, float] = Field(description="Sum of today's values per event type that carries a value")
+
+
 class Prediction(BaseModel):
     """A user's answer. Only ``scored`` users get a probability: the model is trained on the population the rule in
     churn_common.population defines, and closed or long-inactive accounts are outside it."""
@@ -48,6 +59,10 @@ class Prediction(BaseModel):
     model: ModelRef
     features_as_of: datetime | None = Field(description="Newest feature snapshot used for this user")
     feature_service: str
+    # Absent rather than null where the registry has no today view: the answer is then what it was before it.
+    today: Today | None = Field(
+        None, exclude_if=lambda today: today is None, description="Today's activity so far (not a model input)"
+    )
 
 
 class BatchRequest(BaseModel):
@@ -82,3 +97,28 @@ class Readiness(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+class PushEvent(BaseModel):
+    """One event of today, as the validation gate would read it."""
+
+    user_id: StrictInt = Field(ge=0, le=MAX_USER_ID)
+    event_type: str = Field(max_length=200, description="An event type of the catalogue")
+    event_timestamp: datetime = Field(description="When it happened; UTC when no offset is given. Today, not later")
+    value: Annotated[float, Field(allow_inf_nan=False)] | None = Field(
+        None, description="Required for the types that carry a value (in the catalogue's range), absent otherwise"
+    )
+
+
+class PushRequest(BaseModel):
+    events: list[PushEvent] = Field(min_length=1, description="At most settings.push_max_events events")
+
+
+class PushedUser(BaseModel):
+    user_id: int
+    today: Today = Field(description="The user's row after this push, as /predict shows it")
+
+
+class PushResponse(BaseModel):
+    accepted: int = Field(description="Events added")
+    users: list[PushedUser] = Field(description="One entry per user of the request, by user id")

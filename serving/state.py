@@ -12,6 +12,7 @@ from serving.lookups import Lookups
 from serving.metrics import ServingMetrics
 from serving.model_loader import Champion, ChampionHolder, ChampionLoader
 from serving.prediction_log import PredictionLog
+from serving.push import Pusher
 from serving.redis_pipe import RedisPipe
 
 
@@ -33,6 +34,7 @@ class ServingState:
     loop: asyncio.AbstractEventLoop
     online_timeout_s: float
     redact: Callable[[str], str]  # every message built from a URI or an error passes through it before it is shown
+    pusher: Pusher | None = None  # the push path (POST /events); None without a today view in the registry
     _lookups: Lookups | None = None
 
     def lookups(self, champion: Champion) -> Lookups:

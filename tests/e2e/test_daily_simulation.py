@@ -154,10 +154,24 @@ def _metrics_match(settings: Settings, report) -> None:
         assert samples[key] == run["received"] == run["expected"]
 
 
+def _today_tables_count_the_validated_events(settings: Settings, report: dict) -> None:
+    """Each today table the run rewrote counts every validated event of its day (the offline side of the push view),
+    the run's own day among them."""
+    assert report["day"] in {entry["day"] for entry in report["today"]}
+    catalog = settings.event_catalog()
+    counts = [f"{event_type.count_feature}_today" for event_type in catalog.event_types]
+    for entry in report["today"]:
+        table = pq.read_table(settings.paths.today / f"date={entry['day']}" / "part-0.parquet")
+        events = pq.read_table(settings.paths.events / f"date={entry['day']}")
+        known = sum(1 for name in events["event_type"].to_pylist() if name in catalog.names)
+        assert sum(sum(table[column].to_pylist()) for column in counts) == known > 0, entry
+
+
 def _day(settings: Settings, day: date) -> dict:
     _export_accounts(settings, day)
     report = run_daily(_at(settings, _morning(day)), day)
     _metrics_match(settings, report.materialization)
+    _today_tables_count_the_validated_events(settings, report.as_dict())
     return report.as_dict()
 
 

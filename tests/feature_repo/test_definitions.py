@@ -2,9 +2,10 @@
 
 from datetime import timedelta
 
+import pyarrow as pa
 import pytest
-from feast import FeatureView
-from feast.types import Float64, Int64, String
+from feast import FeatureView, PushSource
+from feast.types import Bool, Float64, Int64, String
 from pydantic import SecretStr
 
 from churn_common.errors import ConfigurationError
@@ -16,6 +17,8 @@ from churn_common.names import (
     JOIN_KEY,
     SNAPSHOT_TABLE,
     TIMESTAMP_FIELD,
+    TODAY_PUSH_SOURCE,
+    TODAY_TABLE,
     VALID_FROM_FIELD,
 )
 from churn_common.population import PopulationRule
@@ -23,6 +26,8 @@ from churn_common.store import load_definitions, repo_config
 from products.elearning import CATALOG as ELEARNING
 from products.elearning import FEATURE_SERVICE
 from transformations.snapshot_schema import ACCOUNT_SCHEMA, snapshot_schema
+from transformations.today import table_schema as today_table_schema
+from transformations.today import today_fields
 
 SNAPSHOT_VIEWS = {f"user_activity_{w}d" for w in ELEARNING.windows} | {"user_status_daily"}
 # The build's key and time columns; every other column it writes is a feature.
@@ -37,7 +42,7 @@ def _views(settings) -> dict[str, FeatureView]:
 
 def test_every_view_is_documented_and_owned_and_snapshot_views_expire(settings):
     views = _views(settings)
-    assert set(views) == SNAPSHOT_VIEWS | {ACCOUNT_TABLE}
+    assert set(views) == SNAPSHOT_VIEWS | {ACCOUNT_TABLE, TODAY_TABLE}
     for view in views.values():
         assert view.description and view.owner and view.tags.get("team") == "retention", view.name
         assert all(field.description for field in view.schema), view.name
@@ -87,11 +92,29 @@ def test_account_status_decides_the_population_and_is_no_model_input(settings):
     PopulationRule(settings.active_window_days).require(schema.features)
 
 
-def test_the_model_service_reads_every_feature_of_every_view(settings):
+def test_the_model_service_reads_every_feature_of_every_view_but_today(settings):
     contents = load_definitions(settings)
     (service,) = [s for s in contents.feature_services if s.name == FEATURE_SERVICE]
     read = {(p.name, field.name) for p in service.feature_view_projections for field in p.features}
-    assert read == {(view.name, field.name) for view in contents.feature_views for field in view.schema}
+    built = [view for view in contents.feature_views if view.name != TODAY_TABLE]
+    assert read == {(view.name, field.name) for view in built for field in view.schema}
+
+
+def test_the_today_view_is_pushed_derived_from_the_catalogue_and_read_by_no_model(settings):
+    contents = load_definitions(settings)
+    (view,) = [view for view in contents.feature_views if view.name == TODAY_TABLE]
+    assert isinstance(view.stream_source, PushSource) and view.stream_source.name == TODAY_PUSH_SOURCE
+    # Fed by the push path, not loaded by materialisation (jobs/materialize.py and `feast materialize` load only
+    # online views): Feast 0.67 pushes to and reads it online all the same (tests/serving/test_push.py).
+    assert not view.online and view.ttl == timedelta(days=1) and view.tags["feed"] == "push"
+    source = view.batch_source
+    assert (source.name, source.path) == (TODAY_TABLE, str(settings.paths.today / "*" / "*.parquet"))
+    assert (source.timestamp_field, source.created_timestamp_column) == (TIMESTAMP_FIELD, CREATED_TIMESTAMP_FIELD)
+    types = {pa.int64(): Int64, pa.float64(): Float64, pa.bool_(): Bool}
+    written = {f.name: types[f.type] for f in today_table_schema(ELEARNING) if f.name not in SNAPSHOT_KEYS}
+    assert {field.name: field.dtype for field in view.schema} == written
+    assert sorted(f.name for f in view.schema) == sorted(f.name for f in today_fields(ELEARNING))
+    assert all(TODAY_TABLE not in {p.name for p in s.feature_view_projections} for s in contents.feature_services)
 
 
 @pytest.mark.parametrize("profile", ["embedded", "redis", "production"])

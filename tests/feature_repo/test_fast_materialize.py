@@ -245,7 +245,8 @@ def stores(both) -> tuple[FeatureStore, FeatureStore]:
 
 
 def _intervals(store: FeatureStore) -> dict[str, list[tuple]]:
-    return {fv.name: sorted(fv.materialization_intervals) for fv in store.list_feature_views()}
+    """Of the views materialisation loads: the pushed today view (not online) is not among them."""
+    return {fv.name: sorted(fv.materialization_intervals) for fv in store.list_feature_views() if fv.online}
 
 
 @pytest.mark.redis

@@ -766,9 +766,10 @@ def _rules_by_alert() -> dict[str, dict[str, Any]]:
 
 
 def _snapshot_ttl_seconds() -> float:
-    """The ttl of the views that expire, as the feature repo defines them (one for all)."""
+    """The ttl of the materialised views that expire, as the feature repo defines them (one for all; the pushed
+    today view is no snapshot and the freshness alert does not watch it)."""
     contents = load_definitions(Settings())
-    ttls = {view.ttl.total_seconds() for view in contents.feature_views if view.ttl}
+    ttls = {view.ttl.total_seconds() for view in contents.feature_views if view.ttl and view.online}
     [ttl] = ttls
     return ttl
 

@@ -6,6 +6,7 @@ import pytest
 import redis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.conftest import REDIS_HOST, REDIS_PORT, TEST_REDIS_DB, unique_name
 from tests.serving.world import World, delete_project_keys, make_world, running_server, server_env
@@ -40,10 +41,17 @@ def test_api_conforms_to_its_schema(fresh_server: str):
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert {op.label for op in operations} >= {"GET /predict", "POST /predict/batch", "GET /ready"}
     for operation in operations:
-
-        @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-        def call(case) -> None:
-            case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"})
-
+        # A pushed event must be of today by the service clock, of a catalogue type, with a value exactly when the
+        # type carries one: rules no static schema states, so schema-valid pushes are mostly (rightly) a 422. Every
+        # other check still holds for POST /events: no 5xx, answers as documented, auth refused when wrong.
+        call = _caller([positive_data_acceptance] if operation.label == "POST /events" else [])
+        call = settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))(call)
+        call = given(case=operation.as_strategy())(call)
         call()
+
+
+def _caller(excluded: list):
+    def call(case) -> None:
+        case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"}, excluded_checks=excluded)
+
+    return call

@@ -12,6 +12,7 @@ from feast.repo_config import RepoConfig
 from churn_common.settings import PROJECT_ROOT, Settings
 from churn_common.store import apply_repo, feature_store
 from tests.feature_repo.factories import random_accounts, random_snapshots, write_features
+from transformations.today import build_today_table
 
 USERS = range(1, 21)
 DAYS = [date(2026, 3, 1) + timedelta(days=offset) for offset in range(3)]
@@ -23,6 +24,7 @@ def _feast_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def test_apply_over_built_features_warns_about_nothing(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     write_features(settings.paths, random_snapshots(USERS, DAYS), random_accounts(USERS, seed=0, valid_from=DAYS[0]))
+    build_today_table(settings, DAYS[-1])  # no validated events that day: an empty table, which the source reads
     with caplog.at_level(logging.INFO):
         apply_repo(settings)
         # The second apply is the one that validated the sources again ("No changes"), a warning per view.
@@ -40,8 +42,14 @@ def test_apply_before_the_first_build_says_so_plainly(settings: Settings, caplog
         for record in caplog.records
         if record.name == "churn_common.store" and "no files yet" in record.getMessage()
     ]
-    assert len(said) == 2, [record.getMessage() for record in said]  # the snapshots and the account history
-    assert all(record.levelno == logging.INFO and "churn features build" in record.getMessage() for record in said)
+    # The snapshots and the account history, which the build writes; and the pushed view's offline table.
+    assert len(said) == 3, [record.getMessage() for record in said]
+    assert all(record.levelno == logging.INFO for record in said)
+    build, today = (
+        [r for r in said if "churn features build" in r.getMessage()],
+        [r for r in said if "today" in r.args[0]],
+    )
+    assert len(build) == 2 and "churn features today" in today[0].getMessage()
 
 
 def test_plain_feast_commands_do_not_warn_about_glob_paths(

@@ -116,6 +116,15 @@ function showActivity(activity) {
   );
 }
 
+// Today's events so far (the push path's view), e.g. "3 login, 1 video_watch (as of 09:30 UTC)".
+function today(summary) {
+  if (!summary) return "not served";
+  const counted = Object.entries(summary.events).filter(([, count]) => count > 0);
+  if (!counted.length) return `no events yet on ${summary.day}`;
+  const words = counted.map(([type, count]) => `${count} ${type}`).join(", ");
+  return `${words} (as of ${summary.as_of})`;
+}
+
 function showUser(answer) {
   const prediction = answer.prediction;
   $("status").textContent = prediction.status;
@@ -129,6 +138,7 @@ function showUser(answer) {
   fill($("reasons"), answer.reasons.length ? answer.reasons : ["No reasons: the user is not scored."]);
   $("features-as-of").textContent = prediction.features_as_of || "none";
   $("freshness").textContent = age(answer.features_age_seconds);
+  $("today").textContent = today(prediction.today);
   $("model").textContent = `${prediction.model.name} v${prediction.model.version} (${prediction.model.alias}), ${prediction.feature_service}`;
   showActivity(answer.activity);
   $("result").hidden = false;
