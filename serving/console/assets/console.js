@@ -116,7 +116,7 @@ function showActivity(activity) {
   );
 }
 
-// Today's events so far (the push path's view), e.g. "3 login, 1 video_watch (as of 09:30 UTC)".
+// Today's events so far (the push path's view): "<count> <event type>, ... (as of HH:MM UTC)".
 function today(summary) {
   if (!summary) return "not served";
   const counted = Object.entries(summary.events).filter(([, count]) => count > 0);
