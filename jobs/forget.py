@@ -2,8 +2,9 @@
 
 Removes the user from every store the platform keeps: the online store (the configured profile's, and the embedded
 SQLite file when there is one), every Parquet table under the data directory that has a ``user_id`` column (raw and
-validated events and users, the account history, the feature snapshots, quarantine, the prediction log, the scored
-features), the high-risk lists, and the MLflow runs' artifacts that hold user rows (``evaluation/test_set.parquet``).
+validated events and users, the account history, the feature snapshots and today tables, quarantine, the prediction
+log, the scored features), the high-risk lists, the feature build's rolling-state checkpoints (deleted: the next
+build starts over), and the MLflow runs' artifacts that hold user rows (``evaluation/test_set.parquet``).
 Then it adds the user to the erasure register (churn_common.privacy), which the validation gate consults, so the
 next drop cannot bring them back, and appends what was removed — counts, never data — to the audit trail.
 """
