@@ -28,6 +28,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from churn_common.files import replace_atomically
 from churn_common.settings import DataPaths
 
 logger = logging.getLogger(__name__)
@@ -113,10 +114,8 @@ def _read_index(path: Path) -> EventFiles:
 
 
 def _write_json(target: Path, content: object) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(content, indent=1, sort_keys=True) + "\n")
-    os.replace(temporary, target)
+    text = json.dumps(content, indent=1, sort_keys=True) + "\n"
+    replace_atomically(target, lambda temporary: temporary.write_text(text))
 
 
 def _directory(paths: DataPaths, day: int) -> Path:

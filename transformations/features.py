@@ -904,10 +904,8 @@ def record_build(
         ACCOUNT_TABLE: accounts_changed_from.isoformat() if accounts_changed_from else None,
     }
     record = BuildRecord(seq, built_at.isoformat(), first_day.isoformat(), last_day.isoformat(), changed)
-    target = paths.builds / f"{seq:06d}.json"
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(asdict(record), indent=2) + "\n")
-    os.replace(temporary, target)
+    text = json.dumps(asdict(record), indent=2) + "\n"
+    replace_atomically(paths.builds / f"{seq:06d}.json", lambda temporary: temporary.write_text(text))
     return seq
 
 
